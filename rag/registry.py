@@ -1,0 +1,133 @@
+"""Named components per role, built from ``{"type": name, "params": {...}}`` specs.
+
+The registry maps explicit names to dotted paths (``"indexes.dense:DenseIndex"``) that are imported only
+when a component is built, so ``rag`` never imports ``indexes`` or ``chunkers`` at module load.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import Any, Mapping
+
+from rag.errors import InputError, UnknownComponentError
+
+ROLES = ("chunker", "index", "reranker", "filter", "compressor", "generator")
+
+_REGISTRY: dict[str, dict[str, str]] = {
+    "chunker": {
+        "recursive": "chunkers.recursive:RecursiveChunker",
+        "document": "chunkers.recursive:DocumentChunker",
+    },
+    "index": {
+        "dense": "indexes.dense:DenseIndex",
+    },
+    "reranker": {},
+    "filter": {
+        "top-k": "rag.filters:TopKFilter",
+    },
+    "compressor": {},
+    "generator": {
+        "grounded": "rag.generate:GroundedGenerator",
+    },
+}
+
+
+def register(role: str, name: str, target: str) -> None:
+    """Register a component class under ``name`` for ``role``; ``target`` is ``"module:Class"``."""
+    _check_role(role)
+    if ":" not in target:
+        raise InputError(f"registry target for {role} {name!r} must look like 'package.module:Class', got {target!r}")
+    _REGISTRY[role][name] = target
+
+
+def known(role: str) -> list[str]:
+    """The names registered for ``role``, sorted."""
+    _check_role(role)
+    return sorted(_REGISTRY[role])
+
+
+def resolve(role: str, name: str) -> type:
+    """The class registered as ``name`` for ``role``; an unknown name raises, listing the known ones."""
+    _check_role(role)
+    try:
+        target = _REGISTRY[role][name]
+    except KeyError:
+        raise UnknownComponentError(
+            f"unknown {role} {name!r}; known {role}s: {', '.join(known(role)) or '(none yet)'}"
+        ) from None
+    module_name, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def name_of(role: str, cls: type) -> str:
+    """The registered name of a component class (the reverse of :func:`resolve`)."""
+    target = f"{cls.__module__}:{cls.__qualname__}"
+    for name, registered in _REGISTRY[role].items():
+        if registered == target:
+            return name
+    raise UnknownComponentError(f"{target} is not registered as a {role}; call rag.registry.register first")
+
+
+def build(role: str, spec: "str | Mapping[str, Any] | Component") -> Any:
+    """Build a component from a name, a ``{"type", "params"}`` mapping, or return a built one as is."""
+    if isinstance(spec, Component):
+        return spec
+    if isinstance(spec, str):
+        spec = {"type": spec, "params": {}}
+    if not isinstance(spec, Mapping) or "type" not in spec:
+        raise InputError(f"a {role} spec must be a name or a mapping with 'type' (and 'params'), got {spec!r}")
+    unexpected = set(spec) - {"type", "params"}
+    if unexpected:
+        raise InputError(f"{role} spec {spec['type']!r} has unknown keys {sorted(unexpected)}; expected type, params")
+    cls = resolve(role, spec["type"])
+    params = dict(spec.get("params") or {})
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    wrong = sorted(set(params) - accepted)
+    if wrong:
+        raise InputError(f"{role} {spec['type']!r} does not take {wrong}; it takes {sorted(accepted)}")
+    return cls(**params)
+
+
+def _check_role(role: str) -> None:
+    if role not in _REGISTRY:
+        raise UnknownComponentError(f"unknown role {role!r}; roles: {', '.join(ROLES)}")
+
+
+class Component:
+    """Base for every pipeline component: serialises to ``{"type", "params"}`` and back.
+
+    Subclasses set ``role`` and keep each constructor argument on an attribute of the same name, so the
+    config is read back from the object itself; two components are equal when their configs are.
+    """
+
+    role: str = ""
+
+    def params(self) -> dict[str, Any]:
+        """The constructor arguments that rebuild this component."""
+        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
+        return {name: getattr(self, name) for name in names}
+
+    def to_config(self) -> dict[str, Any]:
+        """``{"type": registered name, "params": {...}}``, plain data for YAML/JSON."""
+        return {"type": name_of(self.role, type(self)), "params": _plain(self.params())}
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and self.to_config() == other.to_config()  # type: ignore[union-attr]
+
+    def __hash__(self) -> int:
+        return hash(type(self).__qualname__)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
+        return f"{type(self).__name__}({args})"
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Component):
+        return value.to_config()
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
