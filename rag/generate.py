@@ -1,0 +1,139 @@
+"""The grounded generator: numbered passages in, an answer citing them like ``[2]`` out."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Callable, Iterator
+
+from rag.errors import InputError
+from rag.registry import Component
+from rag.types import Answer, Citation, Context, StageRecord, Trace
+
+DEFAULT_SYSTEM_PROMPT = (
+    "Answer the question in one or two sentences using only the numbered passages. Name the function, "
+    "class or fact that answers it, and cite the passages you used by number in square brackets, like [2]. "
+    "If the passages do not contain the answer, say that you do not know."
+)
+CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
+
+
+def format_passages(context: Context) -> str:
+    """Render passages as ``[n] title: text`` blocks, numbered from 1 in context order."""
+    blocks = []
+    for number, passage in enumerate(context.passages, start=1):
+        title = passage.chunk.title.strip()
+        blocks.append(f"[{number}] {title + ': ' if title else ''}{passage.text.strip()}")
+    return "\n\n".join(blocks)
+
+
+def parse_citations(text: str, context: Context) -> list[Citation]:
+    """Markers like ``[2]`` or ``[1, 3]`` in ``text`` that name a passage of ``context``, first use first."""
+    seen: dict[int, Citation] = {}
+    for match in CITATION.finditer(text):
+        for number in (int(n) for n in match.group(1).split(",")):
+            if 1 <= number <= len(context.passages) and number not in seen:
+                chunk = context.passages[number - 1].chunk
+                seen[number] = Citation(marker=number, chunk_id=chunk.id, doc_id=chunk.doc_id)
+    return list(seen.values())
+
+
+class GroundedGenerator(Component):
+    """Answer from the context with a causal LM through transformers, citing passage numbers.
+
+    ``model`` is a pack name (``qwen2.5-0.5b`` by default), a local path or a hub id. Decoding is greedy
+    unless ``temperature`` > 0 (then seeded sampling). ``stop`` strings end the answer early.
+
+        >>> gen = GroundedGenerator(max_new_tokens=64)                      # doctest: +SKIP
+        >>> answer = gen.generate("What caches calls?", Context.from_hits(hits))  # doctest: +SKIP
+    """
+
+    role = "generator"
+
+    def __init__(
+        self,
+        model: str = "qwen2.5-0.5b",
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        seed: int = 0,
+        stop: list[str] | None = None,
+        system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+    ) -> None:
+        if max_new_tokens < 1:
+            raise InputError(f"grounded generator: max_new_tokens must be at least 1, got {max_new_tokens}")
+        if temperature < 0:
+            raise InputError(f"grounded generator: temperature must be >= 0, got {temperature}")
+        self.model = model
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+        self.seed = seed
+        self.stop = list(stop or [])
+        self.system_prompt = system_prompt
+
+    def messages(self, query: str, context: Context) -> list[dict[str, str]]:
+        """The chat sent to the model: system instructions, then passages and the question."""
+        user = f"Passages:\n\n{format_passages(context)}\n\nQuestion: {query}" if context.passages else (
+            f"(No passages were retrieved.)\n\nQuestion: {query}"
+        )
+        return [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": user}]
+
+    def generate(self, query: str, context: Context, on_text: Callable[[str], None] | None = None) -> Answer:
+        """Answer ``query`` from ``context``; ``on_text`` receives text as it is decoded (streaming)."""
+        from rag.lm import DecodeStats, TextStream, decode, load_causal_lm
+
+        trace = Trace()
+        started = time.perf_counter()
+        lm = load_causal_lm(self.model)
+        load_seconds = time.perf_counter() - started
+        prompt_ids = lm.encode_chat(self.messages(query, context))
+        stats = DecodeStats()
+        stream = TextStream(lm.tokenizer)
+        text = ""
+        started = time.perf_counter()
+        for token in decode(lm, prompt_ids, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+                            seed=self.seed, stats=stats):
+            delta = stream.push(token)
+            text += delta
+            cut = _stop_at(text, self.stop)
+            if cut is not None:
+                delta = delta[: len(delta) - (len(text) - cut)]
+                text = text[:cut]
+            if on_text and delta:
+                on_text(delta)
+            if cut is not None:
+                break
+        trace.add(StageRecord(
+            stage="generate", seconds=time.perf_counter() - started, n_in=len(context.passages), n_out=1,
+            tokens_in=stats.prompt_tokens, tokens_out=stats.new_tokens,
+            extra={"prefill_seconds": stats.prefill_seconds, "decode_seconds": stats.decode_seconds,
+                   "tokens_per_second": stats.tokens_per_second, "load_seconds": load_seconds, "model": self.model},
+        ))
+        text = text.strip()
+        return Answer(text=text, citations=parse_citations(text, context), hits=[], trace=trace)
+
+    def stream(self, query: str, context: Context) -> Iterator[str]:
+        """Yield the answer's text as it is decoded (a thin generator over :meth:`generate`)."""
+        import queue
+        import threading
+
+        pieces: "queue.Queue[str | None]" = queue.Queue()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                self.generate(query, context, on_text=pieces.put)
+            except BaseException as exc:  # re-raised in the consumer's thread below
+                failure.append(exc)
+            finally:
+                pieces.put(None)
+
+        threading.Thread(target=run, daemon=True).start()
+        while (piece := pieces.get()) is not None:
+            yield piece
+        if failure:
+            raise failure[0]
+
+
+def _stop_at(text: str, stops: list[str]) -> int | None:
+    positions = [text.find(s) for s in stops if s and s in text]
+    return min(positions) if positions else None
