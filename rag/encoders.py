@@ -1,0 +1,126 @@
+"""Shared text encoders: sentence-transformers models loaded once per process and reused by every component.
+
+    >>> from rag.encoders import SentenceEncoder
+    >>> enc = SentenceEncoder("minilm")          # cheap: nothing is loaded yet
+    >>> enc.encode_documents(["a text"]).shape   # doctest: +SKIP
+    (1, 384)
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from rag.errors import InputError
+from rag.lazy import require
+
+DEVICE = "cpu"
+# Below this many texts a progress bar is noise; above it, encoding takes seconds to minutes on a CPU.
+PROGRESS_THRESHOLD = 1000
+
+_MODELS: dict[tuple[str, int | None], Any] = {}
+_LOCK = threading.Lock()
+
+
+def resolve_model_path(model: str) -> str:
+    """A model spec (pack name, local path or hub id) as something ``SentenceTransformer`` can open."""
+    if Path(model).exists():
+        return model
+    from rag.models import resolve_model
+
+    return resolve_model(model)
+
+
+def load_sentence_transformer(model: str, max_seq_length: int | None = None) -> Any:
+    """The ``SentenceTransformer`` for ``model``, loaded on first request and shared afterwards.
+
+    Models are cached per resolved path (and sequence length, which is a property of the loaded model),
+    so several indexes and chunkers built from the same spec hold one copy of the weights.
+    """
+    path = resolve_model_path(model)
+    # Key by the real path so "./m", "m" and a pack name resolving to the same folder share one model.
+    key = (str(Path(path).resolve()) if Path(path).exists() else path, max_seq_length)
+    with _LOCK:
+        loaded = _MODELS.get(key)
+        if loaded is None:
+            st = require("sentence_transformers", "dense")
+            loaded = st.SentenceTransformer(path, device=DEVICE)
+            if max_seq_length is not None:
+                loaded.max_seq_length = max_seq_length
+            _MODELS[key] = loaded
+    return loaded
+
+
+class SentenceEncoder:
+    """Dense text embeddings from a sentence-transformers model, as float32 numpy arrays.
+
+    ``model`` is a pack name (``"minilm"``), a local folder or a hub id. With ``normalize`` (the default)
+    rows are L2-normalised, so an inner product is a cosine similarity. ``show_progress=None`` shows a
+    bar only for long jobs on a terminal.
+    """
+
+    def __init__(
+        self,
+        model: str = "minilm",
+        batch_size: int = 64,
+        normalize: bool = True,
+        max_seq_length: int | None = None,
+        show_progress: bool | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise InputError(f"encoder {model!r}: batch_size must be at least 1, got {batch_size}")
+        self.model = model
+        self.batch_size = batch_size
+        self.normalize = normalize
+        self.max_seq_length = max_seq_length
+        self.show_progress = show_progress
+
+    @property
+    def model_id(self) -> str:
+        """The model spec this encoder was configured with (not the resolved path)."""
+        return self.model
+
+    @property
+    def backend(self) -> Any:
+        """The loaded ``SentenceTransformer`` (loads it on first access)."""
+        return load_sentence_transformer(self.model, self.max_seq_length)
+
+    @property
+    def dimension(self) -> int:
+        """The embedding width (loads the model)."""
+        backend = self.backend
+        get = getattr(backend, "get_embedding_dimension", None) or backend.get_sentence_embedding_dimension
+        return int(get())
+
+    def encode_documents(self, texts: Sequence[str]) -> np.ndarray:
+        """Embeddings of corpus texts, shape ``(len(texts), dimension)``, float32."""
+        return self._encode(texts, self.backend.encode_document)
+
+    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
+        """Embeddings of queries (the model's query prompt, if it has one), float32."""
+        return self._encode(texts, self.backend.encode_query)
+
+    def _encode(self, texts: Sequence[str], method: Any) -> np.ndarray:
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        vectors = method(
+            texts,
+            batch_size=self.batch_size,
+            normalize_embeddings=self.normalize,
+            show_progress_bar=self._progress(len(texts)),
+            convert_to_numpy=True,
+        )
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+
+    def _progress(self, n: int) -> bool:
+        if self.show_progress is not None:
+            return self.show_progress
+        return n > PROGRESS_THRESHOLD and sys.stderr.isatty()
+
+    def __repr__(self) -> str:
+        return f"SentenceEncoder(model={self.model!r}, batch_size={self.batch_size}, normalize={self.normalize})"

@@ -1,0 +1,244 @@
+"""DenseIndex with the real MiniLM pack and real faiss: search, delete, persistence, and its failure modes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from indexes.dense import DenseIndex
+from indexes.manifest import ChecksumError
+from rag.encoders import SentenceEncoder
+from rag.errors import FormatVersionError, InputError
+from rag.registry import build
+from rag.types import Chunk
+
+SENTENCES = {
+    "aspirin": ("Aspirin", "Aspirin reduces the risk of blood clots by inhibiting platelets."),
+    "paris": ("France", "Paris is the capital and largest city of France."),
+    "python": ("Programming", "Python is a programming language that emphasises readability."),
+    "ocean": ("", "The Pacific is the largest and deepest ocean on Earth."),
+    "insulin": ("Diabetes", "Insulin lowers blood glucose by helping cells absorb sugar."),
+    "violin": ("Music", "A violin has four strings and is played with a bow."),
+}
+QUERIES = ["what thins the blood", "capital city of France", "deepest ocean", "how is blood sugar controlled"]
+
+
+def make_chunks(keys: list[str]) -> list[Chunk]:
+    return [
+        Chunk(id=f"{key}#0", doc_id=key, text=text, start=0, end=len(text), title=title, metadata={"k": key})
+        for key, (title, text) in ((k, SENTENCES[k]) for k in keys)
+    ]
+
+
+@pytest.fixture(scope="session")
+def encoder() -> SentenceEncoder:
+    enc = SentenceEncoder("minilm")
+    enc.backend  # load once; every DenseIndex("minilm") in the session shares the cached model
+    return enc
+
+
+@pytest.fixture()
+def index(encoder: SentenceEncoder) -> DenseIndex:
+    idx = DenseIndex("minilm")
+    idx.add(make_chunks(list(SENTENCES)))
+    return idx
+
+
+def ranked(results: list[list]) -> list[list[tuple[str, float]]]:
+    return [[(h.chunk.id, h.score) for h in hits] for hits in results]
+
+
+def test_search_finds_the_matching_chunk_with_inner_product_scores(index: DenseIndex, encoder: SentenceEncoder) -> None:
+    results = index.search(QUERIES, k=2)
+    assert [hits[0].chunk.doc_id for hits in results] == ["aspirin", "paris", "ocean", "insulin"]
+    assert all(len(hits) == 2 and hits[0].score >= hits[1].score for hits in results)
+    assert all(h.source == "dense" for hits in results for h in hits)
+    top = results[1][0]
+    expected = encoder.encode_queries([QUERIES[1]])[0] @ encoder.encode_documents([index.text_of(top.chunk)])[0]
+    assert top.score == pytest.approx(float(expected), abs=1e-5)
+    assert top.chunk.metadata == {"k": "paris"}
+
+
+def test_text_of_prefixes_the_title_only_when_there_is_one() -> None:
+    paris, ocean = make_chunks(["paris", "ocean"])
+    assert DenseIndex().text_of(paris) == "France " + paris.text
+    assert DenseIndex().text_of(ocean) == ocean.text
+    assert DenseIndex(include_title=False).text_of(paris) == paris.text
+
+
+def test_empty_index_and_small_index_edge_cases(encoder: SentenceEncoder) -> None:
+    idx = DenseIndex("minilm", name="mine")
+    assert len(idx) == 0
+    assert idx.search(QUERIES[:2], k=5) == [[], []]
+    assert idx.search([], k=5) == []
+    idx.add([])
+    idx.add(make_chunks(["paris", "ocean"]))
+    hits = idx.search(["France"], k=10)[0]
+    assert [h.chunk.id for h in hits] == ["paris#0", "ocean#0"]
+    assert {h.source for h in hits} == {"mine"}
+    with pytest.raises(InputError, match="k must be at least 1"):
+        idx.search(["France"], k=0)
+
+
+def test_duplicate_ids_are_errors_and_leave_the_index_unchanged(index: DenseIndex) -> None:
+    with pytest.raises(InputError, match=r"'paris#0' is already in the index"):
+        index.add(make_chunks(["paris"]))
+    fresh = DenseIndex("minilm")
+    with pytest.raises(InputError, match=r"'violin#0' appears twice"):
+        fresh.add(make_chunks(["violin", "violin"]))
+    assert len(index) == len(SENTENCES) and len(fresh) == 0
+
+
+def test_a_failed_encoding_leaves_the_index_as_it_was(index: DenseIndex, monkeypatch: pytest.MonkeyPatch) -> None:
+    before = ranked(index.search(QUERIES, k=3))
+
+    def broken(self: SentenceEncoder, texts: list[str]) -> np.ndarray:
+        raise RuntimeError("encoder died")
+
+    monkeypatch.setattr(SentenceEncoder, "encode_documents", broken)
+    extra = Chunk(id="new#0", doc_id="new", text="something new", start=0, end=13)
+    with pytest.raises(RuntimeError, match="encoder died"):
+        index.add([extra])
+    monkeypatch.undo()
+    assert len(index) == len(SENTENCES) and "new#0" not in index
+    assert ranked(index.search(QUERIES, k=3)) == before
+    index.add([extra])  # the id was not reserved by the failed attempt
+    assert "new#0" in index
+
+
+def test_delete_removes_chunks_by_id(index: DenseIndex) -> None:
+    assert index.delete(["paris#0", "no-such-id"]) == 1
+    assert index.delete(["paris#0"]) == 0
+    assert len(index) == len(SENTENCES) - 1 and "paris#0" not in index
+    hits = index.search(["capital city of France"], k=len(SENTENCES))[0]
+    assert "paris#0" not in {h.chunk.id for h in hits} and len(hits) == len(SENTENCES) - 1
+    index.add(make_chunks(["paris"]))  # a deleted id may be added again
+    assert index.search(["capital city of France"], k=1)[0][0].chunk.id == "paris#0"
+
+
+def test_save_load_round_trip_gives_identical_results(index: DenseIndex, tmp_path: Path) -> None:
+    index.delete(["violin#0"])  # ids with a gap must survive the round trip
+    before = ranked(index.search(QUERIES, k=4))
+    index.save(tmp_path / "ix")
+    assert sorted(p.name for p in (tmp_path / "ix").iterdir()) == ["chunks.jsonl", "manifest.json", "vectors.faiss"]
+
+    loaded = DenseIndex("minilm")
+    loaded.load(tmp_path / "ix")
+    opened = DenseIndex.open(tmp_path / "ix")
+    assert len(loaded) == len(opened) == len(index)
+    assert ranked(loaded.search(QUERIES, k=4)) == before
+    assert ranked(opened.search(QUERIES, k=4)) == before
+    assert opened == index
+    assert loaded.search(QUERIES[:1], k=1)[0][0].chunk == index.search(QUERIES[:1], k=1)[0][0].chunk
+
+    # Sequential ids continue after a reload: adding does not collide with a saved id.
+    loaded.add(make_chunks(["violin"]))
+    assert loaded.search(["instrument with four strings"], k=1)[0][0].chunk.id == "violin#0"
+
+
+def test_manifest_records_format_model_counts_and_checksums(index: DenseIndex, tmp_path: Path) -> None:
+    index.save(tmp_path / "ix")
+    manifest = json.loads((tmp_path / "ix" / "manifest.json").read_text())
+    assert manifest["format_version"] == 1 and manifest["kind"] == "dense"
+    assert manifest["index_kind"] == "flat" and manifest["metric"] == "ip"
+    assert manifest["model"] == "minilm" and manifest["dimension"] == 384
+    assert manifest["count"] == len(SENTENCES) and manifest["created_at"]
+    assert manifest["component"] == index.to_config()
+    assert set(manifest["files"]) == {"vectors.faiss", "chunks.jsonl"}
+    assert all(len(f["sha256"]) == 64 for f in manifest["files"].values())
+    lines = (tmp_path / "ix" / "chunks.jsonl").read_text().splitlines()
+    assert [json.loads(line)["faiss_id"] for line in lines] == list(range(len(SENTENCES)))
+
+
+def test_empty_index_saves_and_loads(encoder: SentenceEncoder, tmp_path: Path) -> None:
+    DenseIndex("minilm").save(tmp_path / "empty")
+    opened = DenseIndex.open(tmp_path / "empty")
+    assert len(opened) == 0 and opened.search(["x"], k=3) == [[]]
+
+
+def test_failed_save_leaves_the_previous_index_loadable(
+    index: DenseIndex, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import faiss
+
+    target = tmp_path / "ix"
+    index.save(target)
+    good = ranked(index.search(QUERIES, k=3))
+    index.add([Chunk(id="late#0", doc_id="late", text="added after the save", start=0, end=20)])
+
+    def broken_write(*args: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(faiss, "write_index", broken_write)
+    with pytest.raises(OSError, match="disk full"):
+        index.save(target)
+    monkeypatch.undo()
+
+    assert [p.name for p in tmp_path.iterdir()] == ["ix"]  # no staging directory left behind
+    reopened = DenseIndex.open(target)
+    assert len(reopened) == len(SENTENCES) and "late#0" not in reopened
+    assert ranked(reopened.search(QUERIES, k=3)) == good
+
+
+def test_other_format_version_is_refused_naming_both_versions(index: DenseIndex, tmp_path: Path) -> None:
+    index.save(tmp_path / "ix")
+    manifest_path = tmp_path / "ix" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["format_version"] = 7
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(FormatVersionError) as caught:
+        DenseIndex("minilm").load(tmp_path / "ix")
+    message = str(caught.value)
+    assert str(tmp_path / "ix") in message and "version 7" in message and "version 1" in message
+    with pytest.raises(FormatVersionError):
+        DenseIndex.open(tmp_path / "ix")
+
+
+def test_checksum_mismatch_names_the_file(index: DenseIndex, tmp_path: Path) -> None:
+    index.save(tmp_path / "ix")
+    chunks_path = tmp_path / "ix" / "chunks.jsonl"
+    data = chunks_path.read_bytes()
+    chunks_path.write_bytes(data.replace(b"Paris", b"Rome!"))  # same size, other bytes
+    target = DenseIndex("minilm")
+    with pytest.raises(ChecksumError, match=r"chunks\.jsonl: sha256"):
+        target.load(tmp_path / "ix")
+    assert len(target) == 0  # nothing was loaded
+
+    chunks_path.write_bytes(data)
+    (tmp_path / "ix" / "vectors.faiss").write_bytes(b"garbage")
+    with pytest.raises(ChecksumError, match=r"vectors\.faiss: 7 bytes"):
+        DenseIndex.open(tmp_path / "ix")
+
+
+def test_load_refuses_another_model_and_open_adopts_it(index: DenseIndex, tmp_path: Path) -> None:
+    index.save(tmp_path / "ix")
+    with pytest.raises(InputError, match=r"saved with model='minilm'.*model='other-model'.*DenseIndex\.open"):
+        DenseIndex("other-model").load(tmp_path / "ix")
+    with pytest.raises(InputError, match="no manifest.json"):
+        DenseIndex("minilm").load(tmp_path)
+    assert DenseIndex.open(tmp_path / "ix").model == "minilm"
+
+
+def test_unknown_kind_lists_the_supported_kinds() -> None:
+    with pytest.raises(InputError, match=r"kind 'nope' is not supported; supported kinds: flat"):
+        DenseIndex(kind="nope")
+    with pytest.raises(InputError, match="supported kinds"):
+        build("index", {"type": "dense", "params": {"kind": "nope"}})
+
+
+def test_config_round_trip() -> None:
+    idx = DenseIndex(model="minilm", kind="flat", batch_size=16, include_title=False, name="dense-notitle")
+    config = idx.to_config()
+    assert config == {
+        "type": "dense",
+        "params": {
+            "model": "minilm", "kind": "flat", "batch_size": 16, "include_title": False, "name": "dense-notitle"
+        },
+    }
+    assert build("index", config) == idx
+    assert build("index", json.loads(json.dumps(config))) == idx
+    assert build("index", "dense") == DenseIndex()
+    assert build("index", config) != DenseIndex()
