@@ -58,6 +58,7 @@ class GroundedGenerator(Component):
         seed: int = 0,
         stop: list[str] | None = None,
         system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+        complete_citations: bool = True,
     ) -> None:
         if max_new_tokens < 1:
             raise InputError(f"grounded generator: max_new_tokens must be at least 1, got {max_new_tokens}")
@@ -69,6 +70,7 @@ class GroundedGenerator(Component):
         self.seed = seed
         self.stop = list(stop or [])
         self.system_prompt = system_prompt
+        self.complete_citations = complete_citations
 
     def messages(self, query: str, context: Context) -> list[dict[str, str]]:
         """The chat sent to the model: system instructions, then passages and the question."""
@@ -79,7 +81,7 @@ class GroundedGenerator(Component):
 
     def generate(self, query: str, context: Context, on_text: Callable[[str], None] | None = None) -> Answer:
         """Answer ``query`` from ``context``; ``on_text`` receives text as it is decoded (streaming)."""
-        from rag.lm import DecodeStats, TextStream, decode, load_causal_lm
+        from rag.lm import DecodeSession, DecodeStats, TextStream, decode, load_causal_lm
 
         trace = Trace()
         started = time.perf_counter()
@@ -88,10 +90,12 @@ class GroundedGenerator(Component):
         prompt_ids = lm.encode_chat(self.messages(query, context))
         stats = DecodeStats()
         stream = TextStream(lm.tokenizer)
+        session = DecodeSession(lm)
         text = ""
+        cut = None
         started = time.perf_counter()
         for token in decode(lm, prompt_ids, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
-                            seed=self.seed, stats=stats):
+                            seed=self.seed, stats=stats, session=session):
             delta = stream.push(token)
             text += delta
             cut = _stop_at(text, self.stop)
@@ -102,11 +106,19 @@ class GroundedGenerator(Component):
                 on_text(delta)
             if cut is not None:
                 break
+        completed = None
+        if self.complete_citations and cut is None and context.passages and not parse_citations(text, context):
+            completed = _complete_citation(session, len(context.passages))
+            if completed is not None:
+                text = f"{text.rstrip()} [{completed}]"
+                if on_text:
+                    on_text(f" [{completed}]")
         trace.add(StageRecord(
             stage="generate", seconds=time.perf_counter() - started, n_in=len(context.passages), n_out=1,
             tokens_in=stats.prompt_tokens, tokens_out=stats.new_tokens,
             extra={"prefill_seconds": stats.prefill_seconds, "decode_seconds": stats.decode_seconds,
-                   "tokens_per_second": stats.tokens_per_second, "load_seconds": load_seconds, "model": self.model},
+                   "tokens_per_second": stats.tokens_per_second, "load_seconds": load_seconds, "model": self.model,
+                   "citation_completed": completed is not None},
         ))
         text = text.strip()
         return Answer(text=text, citations=parse_citations(text, context), hits=[], trace=trace)
@@ -132,6 +144,29 @@ class GroundedGenerator(Component):
             yield piece
         if failure:
             raise failure[0]
+
+
+def _complete_citation(session, n_passages: int) -> int | None:
+    """Ask the model which passage it used when it answered without citing one.
+
+    Small models often answer correctly but forget the marker. The answer is already in the KV cache, so
+    appending `` [`` and reading the number the model writes next costs a few single-token passes, not a
+    second prompt. The model may decline (no digit, or a number that names no passage): then nothing is
+    added. The trace records ``citation_completed`` so evaluations can tell the two kinds of citation apart.
+    """
+    import torch
+
+    tokenizer = session.lm.tokenizer
+    logits = session.feed(tokenizer(" [", add_special_tokens=False)["input_ids"])
+    digits = ""
+    for _ in range(3):
+        piece = tokenizer.decode([int(torch.argmax(logits))])
+        if not piece.isdigit():
+            break
+        digits += piece
+        logits = session.feed([int(torch.argmax(logits))])
+    number = int(digits) if digits else 0
+    return number if 1 <= number <= n_passages else None
 
 
 def _stop_at(text: str, stops: list[str]) -> int | None:

@@ -70,6 +70,27 @@ class DecodeStats:
         return self.new_tokens / self.decode_seconds if self.decode_seconds > 0 else 0.0
 
 
+class DecodeSession:
+    """A KV cache over one sequence: feed tokens, get the next-token logits. Speculative decoding and
+    citation completion both need to append tokens to a running sequence without re-reading the prompt."""
+
+    def __init__(self, lm: CausalLM) -> None:
+        from transformers import DynamicCache
+
+        self.lm = lm
+        self.cache = DynamicCache()
+        self.length = 0
+
+    def feed(self, token_ids: list[int]) -> Any:
+        """Append ``token_ids`` and return the logits for the token after them (1-D tensor)."""
+        import torch
+
+        with torch.inference_mode():
+            out = self.lm.model(input_ids=torch.tensor([token_ids]), past_key_values=self.cache, use_cache=True)
+        self.length += len(token_ids)
+        return out.logits[0, -1]
+
+
 def decode(
     lm: CausalLM,
     prompt_ids: list[int],
@@ -78,34 +99,34 @@ def decode(
     temperature: float = 0.0,
     seed: int = 0,
     stats: DecodeStats | None = None,
+    session: DecodeSession | None = None,
 ) -> Iterator[int]:
     """Yield new token ids one at a time: greedy when ``temperature`` is 0, else sampled (seeded).
 
-    Stops after an end-of-sequence token (which is not yielded) or ``max_new_tokens``.
+    Stops after an end-of-sequence token (which is not yielded) or ``max_new_tokens``. Pass a
+    ``session`` to keep using its KV cache after the answer (it then holds prompt and answer).
     """
     import time
 
     import torch
-    from transformers import DynamicCache
 
     stats = stats if stats is not None else DecodeStats()
     stats.prompt_tokens = len(prompt_ids)
+    session = session if session is not None else DecodeSession(lm)
     generator = torch.Generator().manual_seed(seed)
-    cache = DynamicCache()
-    with torch.inference_mode():
-        started = time.perf_counter()
-        logits = lm.model(input_ids=torch.tensor([prompt_ids]), past_key_values=cache, use_cache=True).logits[0, -1]
-        stats.prefill_seconds = time.perf_counter() - started
-        started = time.perf_counter()
-        for _ in range(max_new_tokens):
-            token = _pick(logits, temperature, generator)
-            if token in lm.eos_token_ids:
-                break
-            stats.new_tokens += 1
-            stats.decode_seconds = time.perf_counter() - started
-            yield token
-            logits = lm.model(input_ids=torch.tensor([[token]]), past_key_values=cache, use_cache=True).logits[0, -1]
+    started = time.perf_counter()
+    logits = session.feed(prompt_ids)
+    stats.prefill_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    for _ in range(max_new_tokens):
+        token = _pick(logits, temperature, generator)
+        if token in lm.eos_token_ids:
+            break
+        stats.new_tokens += 1
         stats.decode_seconds = time.perf_counter() - started
+        yield token
+        logits = session.feed([token])
+    stats.decode_seconds = time.perf_counter() - started
 
 
 def _pick(logits: Any, temperature: float, generator: Any) -> int:

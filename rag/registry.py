@@ -18,9 +18,17 @@ _REGISTRY: dict[str, dict[str, str]] = {
     "chunker": {
         "recursive": "chunkers.recursive:RecursiveChunker",
         "document": "chunkers.recursive:DocumentChunker",
+        "fixed": "chunkers.fixed:TokenChunker",
+        "sentence": "chunkers.fixed:SentenceChunker",
+        "semantic": "chunkers.semantic:SemanticChunker",
+        "perplexity": "chunkers.meta:PerplexityChunker",
+        "margin": "chunkers.meta:MarginChunker",
     },
     "index": {
         "dense": "indexes.dense:DenseIndex",
+        "bm25": "indexes.bm25:BM25Index",
+        "bm25s": "indexes.bm25s_index:BM25sIndex",
+        "hybrid": "indexes.hybrid:HybridIndex",
     },
     "reranker": {},
     "filter": {
@@ -31,6 +39,29 @@ _REGISTRY: dict[str, dict[str, str]] = {
         "grounded": "rag.generate:GroundedGenerator",
     },
 }
+
+
+# Presets: a name for a registered component with some parameters set (``dense-hnsw`` is ``dense`` with
+# ``kind="hnsw"``). Building a preset gives the base component, whose config names the base type, so a
+# round trip through YAML yields an equal component.
+_PRESETS: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
+    "chunker": {},
+    "index": {
+        "bm25-multifield": ("bm25", {"fields": "multifield"}),
+    },
+    "reranker": {},
+    "filter": {},
+    "compressor": {},
+    "generator": {},
+}
+
+
+def register_preset(role: str, name: str, base: str, params: Mapping[str, Any]) -> None:
+    """Register ``name`` as ``base`` (a registered name) built with ``params`` unless a spec overrides them."""
+    _check_role(role)
+    if base not in _REGISTRY[role]:
+        raise UnknownComponentError(f"preset {name!r}: unknown base {role} {base!r}; known: {', '.join(known(role))}")
+    _PRESETS[role][name] = (base, dict(params))
 
 
 def register(role: str, name: str, target: str) -> None:
@@ -44,7 +75,7 @@ def register(role: str, name: str, target: str) -> None:
 def known(role: str) -> list[str]:
     """The names registered for ``role``, sorted."""
     _check_role(role)
-    return sorted(_REGISTRY[role])
+    return sorted(set(_REGISTRY[role]) | set(_PRESETS[role]))
 
 
 def resolve(role: str, name: str) -> type:
@@ -54,7 +85,7 @@ def resolve(role: str, name: str) -> type:
         target = _REGISTRY[role][name]
     except KeyError:
         raise UnknownComponentError(
-            f"unknown {role} {name!r}; known {role}s: {', '.join(known(role)) or '(none yet)'}"
+            f"unknown {role} {name!r}; known {role} names: {', '.join(known(role)) or '(none yet)'}"
         ) from None
     module_name, _, attr = target.partition(":")
     return getattr(importlib.import_module(module_name), attr)
@@ -80,8 +111,11 @@ def build(role: str, spec: "str | Mapping[str, Any] | Component") -> Any:
     unexpected = set(spec) - {"type", "params"}
     if unexpected:
         raise InputError(f"{role} spec {spec['type']!r} has unknown keys {sorted(unexpected)}; expected type, params")
-    cls = resolve(role, spec["type"])
-    params = dict(spec.get("params") or {})
+    name, params = spec["type"], dict(spec.get("params") or {})
+    if name in _PRESETS[role]:
+        name, preset = _PRESETS[role][name]
+        params = {**preset, **params}
+    cls = resolve(role, name)
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
     wrong = sorted(set(params) - accepted)
     if wrong:

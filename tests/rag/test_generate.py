@@ -103,3 +103,17 @@ def test_bad_parameters_are_clear():
         GroundedGenerator(max_new_tokens=0)
     with pytest.raises(InputError, match="temperature"):
         GroundedGenerator(temperature=-1)
+
+
+def test_citation_completion_adds_a_marker_only_when_missing():
+    context = make_context()
+    plain = GroundedGenerator(model="smollm2-135m", max_new_tokens=24, complete_citations=False).generate(
+        "What does json.dumps do?", context)
+    assert plain.trace.stages[0].extra["citation_completed"] is False
+    completed = GroundedGenerator(model="smollm2-135m", max_new_tokens=24).generate("What does json.dumps do?", context)
+    if parse_citations(plain.text, context):  # the model cited by itself: nothing is added
+        assert completed.text == plain.text and not completed.trace.stages[0].extra["citation_completed"]
+    elif completed.trace.stages[0].extra["citation_completed"]:
+        assert completed.text.startswith(plain.text) and completed.text.endswith(f"[{completed.citations[0].marker}]")
+    else:  # the model declined to name a passage
+        assert completed.text == plain.text and completed.citations == []

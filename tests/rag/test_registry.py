@@ -47,3 +47,19 @@ def test_register_a_custom_component():
             registry.register("filter", "bad", "rag.filters.TopKFilter")
     finally:
         registry._REGISTRY["filter"].pop("my-top")
+
+
+def test_presets_build_their_base_with_params_and_round_trip():
+    registry.register_preset("filter", "top-3", "top-k", {"k": 3})
+    try:
+        assert "top-3" in registry.known("filter")
+        built = registry.build("filter", "top-3")
+        assert isinstance(built, TopKFilter) and built.k == 3
+        assert built.to_config() == {"type": "top-k", "params": {"k": 3, "min_score": None}}
+        assert registry.build("filter", built.to_config()) == built
+        overridden = registry.build("filter", {"type": "top-3", "params": {"k": 7}})
+        assert overridden.k == 7
+        with pytest.raises(UnknownComponentError, match="unknown base filter 'nope'"):
+            registry.register_preset("filter", "x", "nope", {})
+    finally:
+        registry._PRESETS["filter"].pop("top-3", None)

@@ -1,0 +1,176 @@
+"""The pipeline: documents -> chunker -> index -> reranker -> filters -> compressor -> generator -> answer.
+
+    >>> from rag import Document, Pipeline
+    >>> pipe = Pipeline()                                     # doctest: +SKIP
+    >>> pipe.ingest([Document(text="...", title="functools.cache")])  # doctest: +SKIP
+    >>> answer = pipe.ask("How do I cache results?")          # doctest: +SKIP
+    >>> answer.text, answer.citations, answer.trace.format()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from rag.config import ComponentSpec, PipelineConfig, dump_config, load_config_file, parse_pipeline_config
+from rag.errors import InputError
+from rag.registry import build
+from rag.types import Answer, Context, Document, Hit, StageRecord, Trace
+
+Spec = Any  # a registered name, a {"type", "params"} mapping, or a built component
+
+CONFIG_FILE = "pipeline.yaml"
+INDEX_DIR = "index"
+
+
+class Pipeline:
+    """Components for each stage, built from names or specs; ``None`` leaves a stage out.
+
+    ``retrieve_k`` hits come from the index; the filters (by default the best 5) cut them before the
+    compressor (if any) and the generator. ``budget_tokens`` is handed to the compressor.
+    """
+
+    def __init__(
+        self,
+        chunker: Spec = "recursive",
+        index: Spec = "dense",
+        reranker: Spec | None = None,
+        filters: Sequence[Spec] = ({"type": "top-k", "params": {"k": 5}},),
+        compressor: Spec | None = None,
+        generator: Spec | None = "grounded",
+        retrieve_k: int = 20,
+        budget_tokens: int | None = None,
+    ) -> None:
+        self.chunker = build("chunker", chunker)
+        self.index = build("index", index)
+        self.reranker = build("reranker", reranker) if reranker is not None else None
+        self.filters = [build("filter", f) for f in filters]
+        self.compressor = build("compressor", compressor) if compressor is not None else None
+        self.generator = build("generator", generator) if generator is not None else None
+        if retrieve_k < 1:
+            raise InputError(f"pipeline: retrieve_k must be at least 1, got {retrieve_k}")
+        self.retrieve_k = retrieve_k
+        self.budget_tokens = budget_tokens
+
+    # -- configuration ---------------------------------------------------------------------------
+
+    def to_config(self) -> dict[str, Any]:
+        """Plain data that :meth:`from_config` turns back into an equal pipeline."""
+        config = PipelineConfig(
+            chunker=ComponentSpec(**self.chunker.to_config()),
+            index=ComponentSpec(**self.index.to_config()),
+            reranker=ComponentSpec(**self.reranker.to_config()) if self.reranker else None,
+            filters=[ComponentSpec(**f.to_config()) for f in self.filters],
+            compressor=ComponentSpec(**self.compressor.to_config()) if self.compressor else None,
+            generator=ComponentSpec(**self.generator.to_config()) if self.generator else None,
+            retrieve_k=self.retrieve_k,
+            budget_tokens=self.budget_tokens,
+        )
+        return config.model_dump(mode="json")
+
+    @classmethod
+    def from_config(cls, config: "str | Path | dict[str, Any]") -> "Pipeline":
+        """Build from a YAML/JSON file path or from plain data (as :meth:`to_config` returns)."""
+        source = str(config) if not isinstance(config, dict) else "config"
+        data = load_config_file(config) if not isinstance(config, dict) else config
+        parsed = parse_pipeline_config(data, source)
+        spec = lambda s: s.model_dump() if s is not None else None  # noqa: E731
+        return cls(
+            chunker=spec(parsed.chunker), index=spec(parsed.index), reranker=spec(parsed.reranker),
+            filters=[spec(f) for f in parsed.filters], compressor=spec(parsed.compressor),
+            generator=spec(parsed.generator), retrieve_k=parsed.retrieve_k, budget_tokens=parsed.budget_tokens,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Pipeline) and self.to_config() == other.to_config()
+
+    def __repr__(self) -> str:
+        return f"Pipeline({self.to_config()!r})"
+
+    # -- persistence -----------------------------------------------------------------------------
+
+    def save(self, directory: str | Path) -> None:
+        """Write ``pipeline.yaml`` and the index under ``directory``, atomically."""
+        from rag.io import atomic_directory
+
+        with atomic_directory(directory) as staging:
+            dump_config(self.to_config(), staging / CONFIG_FILE)
+            self.index.save(staging / INDEX_DIR)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "Pipeline":
+        """A pipeline saved by :meth:`save`, with its index loaded."""
+        directory = Path(directory)
+        if not (directory / CONFIG_FILE).is_file():
+            raise InputError(f"{directory}: not a saved pipeline (no {CONFIG_FILE}); build one with `specrag index`")
+        pipeline = cls.from_config(directory / CONFIG_FILE)
+        pipeline.index.load(directory / INDEX_DIR)
+        return pipeline
+
+    # -- the flow --------------------------------------------------------------------------------
+
+    def ingest(self, documents: Iterable[Document]) -> Trace:
+        """Chunk and index ``documents``. An empty batch or a document without text is an error."""
+        docs = list(documents)
+        if not docs:
+            raise InputError("pipeline.ingest: no documents given (the corpus is empty)")
+        for doc in docs:
+            if not isinstance(doc, Document):
+                raise InputError(f"pipeline.ingest: expected Document objects, got {type(doc).__name__}")
+            if not doc.text.strip():
+                raise InputError(f"pipeline.ingest: document {doc.id!r} has no text")
+        trace = Trace()
+        with trace.timed("chunk", n_in=len(docs)) as record:
+            chunks = self.chunker.chunk_many(docs)
+            record["n_out"] = len(chunks)
+        with trace.timed("index", n_in=len(chunks)) as record:
+            self.index.add(chunks)
+            record["n_out"] = len(self.index)
+        return trace
+
+    def retrieve(self, questions: list[str]) -> tuple[list[list[Hit]], float]:
+        """Index hits for a batch of questions and the seconds it took."""
+        started = time.perf_counter()
+        hits = self.index.search(questions, self.retrieve_k)
+        return hits, time.perf_counter() - started
+
+    def ask(self, question: str, on_text: Callable[[str], None] | None = None) -> Answer:
+        """Answer one question; ``on_text`` receives the answer's text as it is generated."""
+        return self.ask_many([question], on_text=on_text)[0]
+
+    def ask_many(self, questions: Sequence[str], on_text: Callable[[str], None] | None = None) -> list[Answer]:
+        """Answer a batch: one batched search, then each question through the later stages."""
+        questions = list(questions)
+        for number, question in enumerate(questions):
+            if not isinstance(question, str) or not question.strip():
+                raise InputError(f"pipeline.ask: question {number} is empty")
+        all_hits, search_seconds = self.retrieve(questions)
+        per_question = search_seconds / max(len(questions), 1)
+        return [self._answer(q, hits, per_question, on_text) for q, hits in zip(questions, all_hits)]
+
+    def _answer(self, question: str, hits: list[Hit], search_seconds: float,
+                on_text: Callable[[str], None] | None) -> Answer:
+        trace = Trace()
+        trace.add(StageRecord(stage="retrieve", seconds=search_seconds, n_in=1, n_out=len(hits)))
+        if self.reranker is not None:
+            with trace.timed("rerank", n_in=len(hits)) as record:
+                hits = self.reranker.rerank(question, hits, len(hits))
+                record["n_out"] = len(hits)
+        for f in self.filters:
+            with trace.timed("filter", n_in=len(hits), extra={"filter": f.to_config()["type"]}) as record:
+                hits = f.filter(question, hits)
+                record["n_out"] = len(hits)
+        if self.compressor is not None:
+            with trace.timed("compress", n_in=len(hits)) as record:
+                context = self.compressor.compress(question, hits, self.budget_tokens)
+                record.update(n_out=len(context.passages), tokens_in=context.original_tokens,
+                              tokens_out=context.kept_tokens)
+        else:
+            context = Context.from_hits(hits)
+        if self.generator is None:
+            return Answer(text="", citations=[], hits=hits, trace=trace)
+        answer = self.generator.generate(question, context, on_text=on_text)
+        for record in answer.trace.stages:
+            trace.add(record)
+        return Answer(text=answer.text, citations=answer.citations, hits=hits, trace=trace)
