@@ -110,9 +110,8 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def answer_question(pipeline, question: str, as_json: bool = False) -> int:
-    print(f"Q: {question}\nA: ", end="", flush=True)
-    answer = pipeline.ask(question, on_text=None if as_json else (lambda t: print(t, end="", flush=True)))
     if as_json:
+        answer = pipeline.ask(question)
         print(json.dumps({
             "question": question, "answer": answer.text,
             "citations": [{"marker": c.marker, "chunk_id": c.chunk_id, "doc_id": c.doc_id} for c in answer.citations],
@@ -120,6 +119,8 @@ def answer_question(pipeline, question: str, as_json: bool = False) -> int:
             "trace": answer.trace.to_dicts(),
         }))
         return 0
+    print(f"Q: {question}\nA: ", end="", flush=True)
+    answer = pipeline.ask(question, on_text=lambda t: print(t, end="", flush=True))
     print("\n\nSources:")
     cited = {c.marker for c in answer.citations}
     for number, hit in enumerate(answer.hits, start=1):
