@@ -19,6 +19,7 @@ test: packs
 
 bench: packs
 	$(BIN)/python -m eval.bench_indexing
+	$(BIN)/python -m eval.bench_bm25
 
 install: $(STAMP)
 

