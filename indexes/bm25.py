@@ -59,10 +59,9 @@ import weakref
 from pathlib import Path
 from typing import Any, Iterable
 
-from indexes.manifest import read_manifest, verify_files, write_manifest
+from indexes.manifest import SavedIndex, read_manifest, verify_files, write_manifest
 from rag.errors import InputError
 from rag.io import atomic_directory, read_jsonl
-from rag.registry import Component
 from rag.types import Chunk, Hit
 
 FORMAT_VERSION = 1
@@ -75,7 +74,7 @@ LOCK = "write.lock"
 _JAVA_TRIM = "".join(map(chr, range(33)))  # what Java's String.trim() removes: code points up to U+0020
 
 
-class BM25Index(Component):
+class BM25Index(SavedIndex):
     """BM25 over Lucene with Anserini (pyserini's jar); ``fields`` is ``"flat"`` or ``"multifield"`` (see the module doc).
 
     ``k1`` and ``b`` are search-time parameters (a saved index can be loaded with others); ``fields``
@@ -84,7 +83,8 @@ class BM25Index(Component):
     or ``load``.
     """
 
-    role = "index"
+    manifest_kind = KIND
+    manifest_version = FORMAT_VERSION
 
     def __init__(
         self,
@@ -230,13 +230,6 @@ class BM25Index(Component):
             self._lucene.close()
         self._chunks, self._lucene = chunks, lucene
 
-    @classmethod
-    def open(cls, directory: str | Path) -> "BM25Index":
-        """A ``BM25Index`` configured as recorded in ``directory``'s manifest, with its contents loaded."""
-        manifest = read_manifest(directory, kind=KIND, format_version=FORMAT_VERSION)
-        index = cls(**dict(manifest.get("component", {}).get("params", {})))
-        index.load(directory)
-        return index
 
     # -- helpers -----------------------------------------------------------------------------------
 

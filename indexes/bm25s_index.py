@@ -60,11 +60,10 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from indexes.bm25 import _check_new_ids, read_chunks, write_chunks
-from indexes.manifest import read_manifest, verify_files, write_manifest
+from indexes.manifest import SavedIndex, read_manifest, verify_files, write_manifest
 from rag.errors import InputError
 from rag.io import atomic_directory
 from rag.lazy import require
-from rag.registry import Component
 from rag.types import Chunk, Hit
 
 FORMAT_VERSION = 1
@@ -223,7 +222,7 @@ def _analyzer(stemmer: str, stopwords: str) -> _Analyzer:
 # -- the index -----------------------------------------------------------------------------------------
 
 
-class BM25sIndex(Component):
+class BM25sIndex(SavedIndex):
     """BM25 with ``bm25s``; see the module doc. Cheap to construct; bm25s is imported on first use.
 
     ``method`` is bm25s's scoring variant (``"lucene"`` by default, the formula Lucene uses); ``stemmer``
@@ -233,7 +232,8 @@ class BM25sIndex(Component):
     (see the module doc; needs ``method="lucene"``); ``name`` is the ``source`` of the hits.
     """
 
-    role = "index"
+    manifest_kind = KIND
+    manifest_version = FORMAT_VERSION
 
     def __init__(
         self,
@@ -380,13 +380,6 @@ class BM25sIndex(Component):
         self._set_rows(chunks, model)
         self._terms = {}
 
-    @classmethod
-    def open(cls, directory: str | Path) -> "BM25sIndex":
-        """A ``BM25sIndex`` configured as recorded in ``directory``'s manifest, with its contents loaded."""
-        manifest = read_manifest(directory, kind=KIND, format_version=FORMAT_VERSION)
-        index = cls(**dict(manifest.get("component", {}).get("params", {})))
-        index.load(directory)
-        return index
 
     # -- helpers -----------------------------------------------------------------------------------
 

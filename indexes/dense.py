@@ -23,12 +23,11 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from indexes.manifest import read_manifest, verify_files, write_manifest
+from indexes.manifest import SavedIndex, read_manifest, verify_files, write_manifest
 from rag.encoders import SentenceEncoder
 from rag.errors import InputError
 from rag.io import atomic_directory, read_jsonl
 from rag.lazy import require
-from rag.registry import Component
 from rag.types import Chunk, Hit
 
 FORMAT_VERSION = 1
@@ -68,7 +67,7 @@ def faiss_kind(kind: str) -> FaissKind:
         raise InputError(f"dense index kind {kind!r} is not supported; supported kinds: {supported}") from None
 
 
-class DenseIndex(Component):
+class DenseIndex(SavedIndex):
     """Chunks embedded with a sentence-transformers model, searched by inner product in faiss.
 
     ``include_title`` embeds ``title + " " + text`` when a chunk has a title (as BEIR's exact search
@@ -76,7 +75,8 @@ class DenseIndex(Component):
     the first ``add`` or ``search``.
     """
 
-    role = "index"
+    manifest_kind = KIND
+    manifest_version = FORMAT_VERSION
 
     def __init__(
         self,
@@ -207,14 +207,6 @@ class DenseIndex(Component):
         self._ids = {chunk.id: faiss_id for faiss_id, chunk in chunks.items()}
         self._next_id = int(manifest.get("next_id", max(chunks, default=-1) + 1))
 
-    @classmethod
-    def open(cls, directory: str | Path) -> "DenseIndex":
-        """A ``DenseIndex`` configured as recorded in ``directory``'s manifest, with its contents loaded."""
-        manifest = read_manifest(directory, kind=KIND, format_version=FORMAT_VERSION)
-        params = dict(manifest.get("component", {}).get("params", {}))
-        index = cls(**params)
-        index.load(directory)
-        return index
 
     # -- helpers -----------------------------------------------------------------------------------
 

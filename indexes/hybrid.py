@@ -29,7 +29,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from indexes.manifest import MANIFEST, read_manifest, verify_files, write_manifest
+from indexes.manifest import MANIFEST, SavedIndex, read_manifest, verify_files, write_manifest
 from rag.errors import InputError
 from rag.io import atomic_directory
 from rag.registry import Component, build
@@ -45,10 +45,11 @@ def member_directory(number: int) -> str:
     return f"member-{number}"
 
 
-class HybridIndex(Component):
+class HybridIndex(SavedIndex):
     """Indexes fused into one; see the module doc. Constructing builds the members (cheap: no models yet)."""
 
-    role = "index"
+    manifest_kind = KIND
+    manifest_version = FORMAT_VERSION
 
     def __init__(
         self,
@@ -182,13 +183,6 @@ class HybridIndex(Component):
             member.load(directory / member_directory(number))
         self._members = fresh
 
-    @classmethod
-    def open(cls, directory: str | Path) -> "HybridIndex":
-        """A ``HybridIndex`` configured as recorded in ``directory``'s manifest, with every member loaded."""
-        manifest = read_manifest(directory, kind=KIND, format_version=FORMAT_VERSION)
-        index = cls(**dict(manifest.get("component", {}).get("params", {})))
-        index.load(directory)
-        return index
 
     # -- helpers -----------------------------------------------------------------------------------
 

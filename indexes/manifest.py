@@ -28,6 +28,7 @@ from typing import Any, Iterable, Mapping
 from rag import __version__
 from rag.errors import FormatVersionError, InputError
 from rag.io import atomic_write_json, sha256_file
+from rag.registry import Component
 
 MANIFEST = "manifest.json"
 RESERVED = frozenset({"format_version", "kind", "component", "count", "files", "created_at", "specrag_version"})
@@ -116,3 +117,25 @@ def verify_files(directory: str | Path, manifest: Mapping[str, Any]) -> None:
 
 def _describe(path: Path) -> dict[str, Any]:
     return {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+
+
+class SavedIndex(Component):
+    """Base of the indexes saved with a manifest: ``open(directory)`` rebuilds the index recorded there.
+
+    Subclasses set ``manifest_kind`` and ``manifest_version`` and implement ``load``.
+    """
+
+    role = "index"
+    manifest_kind: str = ""
+    manifest_version: int = 0
+
+    def load(self, directory: str | Path) -> None:
+        raise NotImplementedError
+
+    @classmethod
+    def open(cls, directory: str | Path) -> "SavedIndex":
+        """An index configured as recorded in ``directory``'s manifest, with its contents loaded."""
+        manifest = read_manifest(directory, kind=cls.manifest_kind, format_version=cls.manifest_version)
+        index = cls(**dict(manifest.get("component", {}).get("params", {})))
+        index.load(directory)
+        return index
