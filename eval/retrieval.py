@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from eval.beir import load_beir
+from eval.chunking import add_chunking_parser
 from eval.metrics import evaluate_run, hits_to_run
 from rag.errors import InputError, SpecragError
 from rag.registry import Component, build, known
@@ -188,4 +189,4 @@ def _positive_int(text: str) -> int:
     return value
 
 
-EVAL_COMMANDS: list[Callable[[Any], argparse.ArgumentParser]] = [add_retrieval_parser]
+EVAL_COMMANDS: list[Callable[[Any], argparse.ArgumentParser]] = [add_retrieval_parser, add_chunking_parser]

@@ -1,0 +1,126 @@
+"""Semantic chunking: cut where the meaning of neighbouring sentence windows shifts, within size limits.
+
+Every sentence is embedded once (one batched encode per batch of documents); the distance at the gap
+before sentence ``c`` is the cosine distance between the mean embedding of the ``window`` sentences before
+it and of the ``window`` sentences from it on. Gaps whose distance passes the document's threshold are
+breakpoints; :func:`chunkers.text.segment` then cuts groups above ``max_tokens`` at their most distant gap
+and merges groups below ``min_tokens`` into a neighbour across the closer gap.
+
+    >>> from chunkers.semantic import SemanticChunker
+    >>> chunker = SemanticChunker(threshold_type="percentile", threshold_amount=90, max_tokens=128)
+    >>> chunker.chunk(doc)   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from chunkers.text import Span, SpanChunker, check_sizes, segment, sentence_units
+from rag.errors import InputError
+
+# Defaults per rule, as in LangChain's SemanticChunker, so results are comparable with it.
+THRESHOLD_DEFAULTS = {"percentile": 95.0, "std": 3.0, "iqr": 1.5}
+
+
+def breakpoint_threshold(distances: np.ndarray, threshold_type: str, amount: float) -> float:
+    """The distance above which a gap is a breakpoint, for one document's gap distances.
+
+    ``percentile``: the ``amount``-th percentile; ``std``: mean + ``amount`` standard deviations;
+    ``iqr``: mean + ``amount`` interquartile ranges.
+    """
+    if threshold_type == "percentile":
+        return float(np.percentile(distances, amount))
+    if threshold_type == "std":
+        return float(np.mean(distances) + amount * np.std(distances))
+    if threshold_type == "iqr":
+        q1, q3 = np.percentile(distances, [25, 75])
+        return float(np.mean(distances) + amount * (q3 - q1))
+    raise InputError(f"semantic chunker: threshold_type must be one of {sorted(THRESHOLD_DEFAULTS)}, got {threshold_type!r}")
+
+
+def window_distances(embeddings: np.ndarray, window: int) -> np.ndarray:
+    """Cosine distance at each gap ``c`` (``1 <= c < n``; index 0 is unused and 0) between the mean of
+    the ``window`` rows before ``c`` and the mean of the ``window`` rows from ``c`` on."""
+    n = len(embeddings)
+    distances = np.zeros(n, dtype=np.float64)
+    if n < 2:
+        return distances
+    cumulative = np.vstack([np.zeros((1, embeddings.shape[1])), np.cumsum(embeddings, axis=0, dtype=np.float64)])
+    gaps = np.arange(1, n)
+    left = cumulative[gaps] - cumulative[np.maximum(gaps - window, 0)]
+    right = cumulative[np.minimum(gaps + window, n)] - cumulative[gaps]
+    norms = np.linalg.norm(left, axis=1) * np.linalg.norm(right, axis=1)
+    cosine = np.einsum("ij,ij->i", left, right) / np.where(norms > 0, norms, 1.0)
+    distances[1:] = 1.0 - cosine
+    return distances
+
+
+class SemanticChunker(SpanChunker):
+    """Breakpoints where neighbouring sentence windows' embeddings diverge, inside ``[min_tokens, max_tokens]``.
+
+    ``model`` embeds sentences (a pack name, local path or hub id; default the ``minilm`` pack);
+    ``threshold_type`` is ``"percentile"``, ``"std"`` or ``"iqr"`` with ``threshold_amount`` (default 95,
+    3 and 1.5). Sizes count tokens of ``tokenizer``; ``max_tokens`` is a hard limit, ``min_tokens`` holds
+    unless both neighbours of a short group are too large to take it.
+    """
+
+    def __init__(
+        self,
+        model: str = "minilm",
+        threshold_type: str = "percentile",
+        threshold_amount: float | None = None,
+        window: int = 1,
+        min_tokens: int = 32,
+        max_tokens: int = 200,
+        tokenizer: str = "minilm",
+        batch_size: int = 64,
+    ) -> None:
+        if threshold_type not in THRESHOLD_DEFAULTS:
+            raise InputError(
+                f"semantic chunker: threshold_type must be one of {sorted(THRESHOLD_DEFAULTS)}, got {threshold_type!r}"
+            )
+        if threshold_type == "percentile" and threshold_amount is not None and not 0 <= threshold_amount <= 100:
+            raise InputError(f"semantic chunker: a percentile threshold_amount must be in [0, 100], got {threshold_amount}")
+        if window < 1:
+            raise InputError(f"semantic chunker: window must be at least 1 sentence, got {window}")
+        if batch_size < 1:
+            raise InputError(f"semantic chunker: batch_size must be at least 1, got {batch_size}")
+        check_sizes("semantic", max_tokens, min_tokens=min_tokens)
+        self.model = model
+        self.threshold_type = threshold_type
+        self.threshold_amount = threshold_amount
+        self.window = window
+        self.min_tokens = min_tokens
+        self.max_tokens = max_tokens
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self._encoder: Any = None
+
+    @property
+    def encoder(self) -> Any:
+        if self._encoder is None:
+            from rag.encoders import SentenceEncoder
+
+            self._encoder = SentenceEncoder(self.model, batch_size=self.batch_size, show_progress=False)
+        return self._encoder
+
+    def _spans_many(self, texts: list[str], starts: list[list[int]]) -> list[list[Span]]:
+        units = [sentence_units(text, s, self.max_tokens) for text, s in zip(texts, starts)]
+        # One encode call for every sentence of the batch; documents of one sentence need no embedding.
+        pieces = [text[a:b] for text, doc_units in zip(texts, units) if len(doc_units) > 1 for a, b in doc_units]
+        embeddings = self.encoder.encode_documents(pieces) if pieces else np.zeros((0, 1), dtype=np.float32)
+        amount = THRESHOLD_DEFAULTS[self.threshold_type] if self.threshold_amount is None else self.threshold_amount
+        spans: list[list[Span]] = []
+        offset = 0
+        for doc_units, doc_starts in zip(units, starts):
+            if len(doc_units) <= 1:
+                spans.append(list(doc_units))
+                continue
+            distances = window_distances(embeddings[offset:offset + len(doc_units)], self.window)
+            offset += len(doc_units)
+            threshold = breakpoint_threshold(distances[1:], self.threshold_type, amount)
+            cuts = [c for c in range(1, len(doc_units)) if distances[c] > threshold]
+            spans.append(segment(doc_units, doc_starts, distances.tolist(), cuts, self.max_tokens, min_tokens=self.min_tokens))
+        return spans
