@@ -8,21 +8,9 @@ from chunkers.text import count_tokens
 from rag.errors import InputError
 from rag.registry import build
 from rag.types import Document
+from tests.chunkers.topics import PYTHON, RAINFOREST
 
 pytestmark = pytest.mark.filterwarnings("ignore")
-
-RAINFOREST = (
-    "The Amazon rainforest covers much of the Amazon basin of South America. It spans nine nations, with the "
-    "majority of the forest in Brazil. The forest holds about 390 billion individual trees of 16,000 species. "
-    "Jaguars, macaws and river dolphins live among its trees and rivers. Deforestation for cattle ranching "
-    "threatens the rainforest's biodiversity."
-)
-PYTHON = (
-    "Python is a high-level, general-purpose programming language. Its design philosophy emphasises code "
-    "readability with significant indentation. It supports structured, object-oriented and functional "
-    "programming. Python ships with a large standard library. Guido van Rossum began working on the "
-    "language in the late 1980s."
-)
 
 
 def test_splits_between_two_unrelated_topics():
