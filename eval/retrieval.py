@@ -13,10 +13,9 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from eval.beir import load_beir
-from eval.chunking import add_chunking_parser
 from eval.metrics import evaluate_run, hits_to_run
 from rag.errors import InputError, SpecragError
 from rag.registry import Component, build, known
@@ -128,7 +127,7 @@ def format_result(result: Mapping[str, Any]) -> str:
 def add_eval_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> argparse.ArgumentParser:
     """Register ``eval`` and its commands on the top-level ``specrag`` subparsers; returns the ``eval`` parser.
 
-    Each ``eval`` command is one ``add_*_parser`` function in :data:`EVAL_COMMANDS`; add a new one there.
+    Each ``eval`` command is one ``add_*_parser`` function listed in :data:`rag.commands.EVAL_COMMANDS`.
     """
     parser = subparsers.add_parser(
         "eval",
@@ -136,8 +135,9 @@ def add_eval_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentPar
         description="Evaluate specrag components on data sets in the BEIR layout.",
     )
     commands = parser.add_subparsers(dest="eval_command", metavar="COMMAND", required=True)
-    for add_command in EVAL_COMMANDS:
-        add_command(commands)
+    from rag.commands import EVAL_COMMANDS, add_all
+
+    add_all(commands, EVAL_COMMANDS)
     return parser
 
 
@@ -188,5 +188,3 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
 
-
-EVAL_COMMANDS: list[Callable[[Any], argparse.ArgumentParser]] = [add_retrieval_parser, add_chunking_parser]

@@ -64,11 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--json", action="store_true", help="print the answer as one JSON object instead of streaming")
     ask.set_defaults(func=cmd_ask)
 
-    from eval.retrieval import add_eval_parser
-    from rag.models.cli import add_models_parser
+    from rag.commands import COMMANDS, add_all
 
-    add_eval_parser(sub)
-    add_models_parser(sub)
+    add_all(sub, COMMANDS)
     return parser
 
 

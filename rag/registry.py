@@ -29,8 +29,13 @@ _REGISTRY: dict[str, dict[str, str]] = {
         "bm25": "indexes.bm25:BM25Index",
         "bm25s": "indexes.bm25s_index:BM25sIndex",
         "hybrid": "indexes.hybrid:HybridIndex",
+        "splade": "indexes.splade:SpladeIndex",
+        "late": "indexes.late:LateInteractionIndex",
+        "late-rerank": "indexes.late:LateRerankIndex",
     },
-    "reranker": {},
+    "reranker": {
+        "maxsim": "indexes.late:MaxSimReranker",
+    },
     "filter": {
         "top-k": "rag.filters:TopKFilter",
     },
@@ -48,6 +53,8 @@ _PRESETS: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
     "chunker": {},
     "index": {
         "bm25-multifield": ("bm25", {"fields": "multifield"}),
+        "dense-hnsw": ("dense", {"kind": "hnsw"}),
+        "dense-ivfpq": ("dense", {"kind": "ivfpq"}),
     },
     "reranker": {},
     "filter": {},

@@ -1,0 +1,35 @@
+"""Where the command line finds its commands: ``"module:function"`` paths, imported when the parser is built.
+
+Each function takes an ``argparse`` subparsers object and adds one command (with its own subcommands if
+it has any). Listing paths rather than importing keeps ``rag.cli`` free of heavy imports and lets each
+package own its commands: add a line here to add a command.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable
+
+# Top-level ``specrag`` commands (besides demo / index / ask, which live in rag.cli).
+COMMANDS: list[str] = [
+    "eval.retrieval:add_eval_parser",
+    "rag.models.cli:add_models_parser",
+]
+
+# Subcommands of ``specrag eval``.
+EVAL_COMMANDS: list[str] = [
+    "eval.retrieval:add_retrieval_parser",
+    "eval.chunking:add_chunking_parser",
+]
+
+
+def resolve(path: str) -> Callable[..., Any]:
+    """The function a ``"module:function"`` path names."""
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def add_all(subparsers: Any, paths: list[str]) -> None:
+    """Call every adder in ``paths`` on ``subparsers``, in order."""
+    for path in paths:
+        resolve(path)(subparsers)
