@@ -1,0 +1,50 @@
+"""QA loading and the SQuAD answer metrics."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from eval.qa import contains_answer, exact_match, load_qa, normalize_answer, token_f1
+from rag.errors import InputError
+
+
+def test_normalisation_follows_squad():
+    assert normalize_answer("The Eiffel  Tower.") == "eiffel tower"
+    assert normalize_answer("A cat, an owl") == "cat owl"
+
+
+def test_exact_match_and_f1():
+    assert exact_match("the Denver Broncos", ["Denver Broncos", "Broncos"]) == 1.0
+    assert exact_match("Denver", ["Denver Broncos"]) == 0.0
+    assert token_f1("Denver", ["Denver Broncos"]) == pytest.approx(2 / 3)
+    assert token_f1("Denver Broncos won", ["Broncos", "Denver Broncos"]) == pytest.approx(0.8)
+    assert token_f1("", ["x"]) == 0.0
+    assert token_f1("the", ["a"]) == 1.0  # both normalise to nothing, as in the official script
+
+
+def test_contains_answer_matches_whole_words():
+    assert contains_answer("It was won by the Denver Broncos in 2016.", ["denver broncos"])
+    assert not contains_answer("Denverite Broncosaurus", ["Denver Broncos"])
+
+
+def test_load_squad_sample(data_dir):
+    data = load_qa(data_dir / "squad-v1.1-dev", limit=30)
+    assert len(data.questions) == 30 and len(data.corpus) > 1000
+    ids = {d.id for d in data.corpus}
+    assert all(q.answers and q.relevant and q.relevant <= ids for q in data.questions)
+    card = data.card()
+    assert card["questions"] == 30 and card["licence"].startswith("CC BY-SA")
+
+
+def test_bad_answers_name_file_and_line(tmp_path):
+    (tmp_path / "corpus.jsonl").write_text(json.dumps({"_id": "p1", "text": "x"}) + "\n")
+    (tmp_path / "queries.jsonl").write_text(
+        json.dumps({"_id": "q1", "text": "x?", "answers": ["x"]}) + "\n"
+        + json.dumps({"_id": "q2", "text": "y?", "answers": "y"}) + "\n"
+    )
+    with pytest.raises(InputError, match=r"queries.jsonl, line 2 \(question q2\)"):
+        load_qa(tmp_path)
+    with pytest.raises(InputError, match="missing"):
+        load_qa(tmp_path / "nowhere")
