@@ -41,21 +41,46 @@ METRIC = "ip"
 class FaissKind:
     """How one ``kind`` of dense index is built in faiss.
 
-    ``factory`` is a ``faiss.index_factory`` string; the ``IDMap2`` prefix gives stable int64 ids that
-    survive deletes. Kinds that must be trained (IVF-PQ) or cannot remove vectors (HNSW) will say so
-    here when they are added, and ``DenseIndex`` will consult these flags rather than the kind's name.
+    ``factory`` is a ``faiss.index_factory`` string, a template for kinds whose shape depends on the data
+    (``{nlist}`` and ``{pq_m}`` are filled when the index is trained). The ``IDMap2`` prefix gives stable
+    int64 ids to kinds that have none of their own; IVF kinds store ids in their inverted lists.
+    ``needs_training``: the first ``add`` trains the index on the vectors it adds. ``supports_remove``:
+    faiss can remove vectors; for kinds that cannot (HNSW), a delete leaves the vector in the graph as a
+    tombstone that searches skip.
     """
 
     factory: str
     needs_training: bool = False
     supports_remove: bool = True
+    description: str = ""
 
 
 KINDS: dict[str, FaissKind] = {
     # Exact inner product over L2-normalised embeddings (= cosine), the reference every other kind
     # is measured against.
-    "flat": FaissKind(factory="IDMap2,Flat"),
+    "flat": FaissKind(factory="IDMap2,Flat", description="exact inner product"),
+    # Graph search: no training, fast and close to exact; faiss cannot remove from an HNSW graph.
+    "hnsw": FaissKind(
+        factory="IDMap2,HNSW32", supports_remove=False,
+        description="HNSW graph (M=32), ef_search candidates per query",
+    ),
+    # Inverted lists of product-quantised residuals: trained on the first add, several times smaller
+    # than flat, searched over nprobe lists.
+    "ivfpq": FaissKind(
+        factory="IVF{nlist},PQ{pq_m}x8", needs_training=True,
+        description="IVF with nlist lists (4*sqrt(n) by default) and pq_m 8-bit sub-quantizers",
+    ),
 }
+
+# Product quantisation with 8-bit codes trains 256 centroids per sub-space: fewer training vectors fail.
+MIN_PQ_TRAINING = 256
+# faiss's k-means warns below 39 training points per centroid; the default nlist respects it.
+POINTS_PER_CENTROID = 39
+
+
+def default_nlist(n_train: int) -> int:
+    """IVF lists for ``n_train`` training vectors: about 4*sqrt(n), at most n/39 (k-means' floor)."""
+    return max(1, min(int(4 * n_train ** 0.5), n_train // POINTS_PER_CENTROID))
 
 
 def faiss_kind(kind: str) -> FaissKind:
@@ -70,9 +95,14 @@ def faiss_kind(kind: str) -> FaissKind:
 class DenseIndex(SavedIndex):
     """Chunks embedded with a sentence-transformers model, searched by inner product in faiss.
 
-    ``include_title`` embeds ``title + " " + text`` when a chunk has a title (as BEIR's exact search
-    does); ``name`` is the ``source`` of the hits it returns. Constructing is cheap: the model loads on
-    the first ``add`` or ``search``.
+    ``kind`` is one of :data:`KINDS`: ``flat`` (exact), ``hnsw`` or ``ivfpq``. ``include_title`` embeds
+    ``title + " " + text`` when a chunk has a title (as BEIR's exact search does); ``name`` is the
+    ``source`` of the hits it returns. Search-time knobs: ``ef_search`` (HNSW candidate list) and
+    ``nprobe`` (IVF lists visited); training-time knobs of ``ivfpq``: ``nlist`` (0 picks
+    :func:`default_nlist` from the first add) and ``pq_m`` (sub-quantizers; must divide the dimension).
+    Knobs of other kinds are recorded but unused. ``mmap`` loads saved vectors memory-mapped (read-only
+    pages shared with the OS cache) instead of reading them into memory, for indexes larger than RAM.
+    Constructing is cheap: the model loads on the first ``add`` or ``search``.
     """
 
     manifest_kind = KIND
@@ -85,15 +115,29 @@ class DenseIndex(SavedIndex):
         batch_size: int = 64,
         include_title: bool = True,
         name: str = "dense",
+        ef_search: int = 128,
+        nprobe: int = 16,
+        nlist: int = 0,
+        pq_m: int = 48,
+        mmap: bool = False,
     ) -> None:
         faiss_kind(kind)
-        if batch_size < 1:
-            raise InputError(f"dense index {name!r}: batch_size must be at least 1, got {batch_size}")
+        for label, value in (("batch_size", batch_size), ("ef_search", ef_search), ("nprobe", nprobe), ("pq_m", pq_m)):
+            if value < 1:
+                raise InputError(f"dense index {name!r}: {label} must be at least 1, got {value}")
+        if nlist < 0:
+            raise InputError(f"dense index {name!r}: nlist must be 0 (choose from the data) or positive, got {nlist}")
         self.model = model
         self.kind = kind
         self.batch_size = batch_size
         self.include_title = include_title
         self.name = name
+        self.ef_search = ef_search
+        self.nprobe = nprobe
+        self.nlist = nlist
+        self.pq_m = pq_m
+        self.mmap = mmap
+        self._factory = ""  # the resolved faiss factory string, once the faiss index exists
         self._faiss: Any = None  # built on the first add (it needs the dimension) or by load
         self._chunks: dict[int, Chunk] = {}  # faiss id -> chunk
         self._ids: dict[str, int] = {}  # chunk id -> faiss id
@@ -104,14 +148,28 @@ class DenseIndex(SavedIndex):
     def add(self, chunks: list[Chunk]) -> None:
         """Embed and add ``chunks``. A chunk id already in the index (or twice in ``chunks``) is an error.
 
-        Everything is encoded before the index changes, so a failure leaves it as it was.
+        Everything is encoded (and, for a kind that needs it, trained) before the index changes, so a
+        failure leaves it as it was.
         """
         chunks = list(chunks)
         if not chunks:
             return
         self._check_new_ids(chunks)
-        vectors = self.encoder.encode_documents([self.text_of(c) for c in chunks])
-        index = self._faiss if self._faiss is not None else self._new_faiss(vectors.shape[1])
+        self.add_vectors(chunks, self.encoder.encode_documents([self.text_of(c) for c in chunks]))
+
+    def add_vectors(self, chunks: list[Chunk], vectors: np.ndarray) -> None:
+        """Add ``chunks`` with embeddings computed beforehand (one float32 row per chunk, made by this
+        index's ``model`` from :meth:`text_of`): for encoders run elsewhere, e.g. on worker processes."""
+        chunks = list(chunks)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or len(vectors) != len(chunks):
+            raise InputError(
+                f"dense index {self.name!r}: expected one vector per chunk ({len(chunks)}), got shape {vectors.shape}"
+            )
+        if not chunks:
+            return
+        self._check_new_ids(chunks)
+        index = self._faiss if self._faiss is not None else self._new_faiss(vectors)
         if index.d != vectors.shape[1]:
             raise InputError(
                 f"dense index {self.name!r}: model {self.model!r} gave {vectors.shape[1]}-d vectors, "
@@ -132,30 +190,50 @@ class DenseIndex(SavedIndex):
         queries = list(queries)
         if not queries or len(self) == 0:
             return [[] for _ in queries]
-        vectors = self.encoder.encode_queries(queries)
-        scores, ids = self._faiss.search(vectors, min(k, len(self)))
+        return self.search_vectors(self.encoder.encode_queries(queries), k)
+
+    def search_vectors(self, vectors: np.ndarray, k: int = 10) -> list[list[Hit]]:
+        """Like :meth:`search`, for query embeddings computed beforehand (float32, one row per query)."""
+        if k < 1:
+            raise InputError(f"dense index {self.name!r}: k must be at least 1, got {k}")
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2:
+            raise InputError(f"dense index {self.name!r}: query vectors must be 2-d, got shape {vectors.shape}")
+        if len(self) == 0:
+            return [[] for _ in range(len(vectors))]
+        if vectors.shape[1] != self._faiss.d:
+            raise InputError(
+                f"dense index {self.name!r}: query vectors are {vectors.shape[1]}-d, the index holds {self._faiss.d}-d"
+            )
+        # Tombstoned vectors (deleted from a kind that cannot remove) may fill some of the top slots.
+        tombstones = self._faiss.ntotal - len(self._chunks)
+        scores, ids = self._faiss.search(vectors, min(k + tombstones, self._faiss.ntotal), params=self._search_params())
+        chunks = self._chunks
         return [
             [
-                Hit(chunk=self._chunks[faiss_id], score=float(score), source=self.name)
+                Hit(chunk=chunks[faiss_id], score=score, source=self.name)
                 for score, faiss_id in zip(row_scores.tolist(), row_ids.tolist())
-                if faiss_id != -1
-            ]
+                if faiss_id in chunks
+            ][:k]
             for row_scores, row_ids in zip(scores, ids)
         ]
 
     def delete(self, chunk_ids: Iterable[str]) -> int:
-        """Remove the chunks with these ids; returns how many were removed (unknown ids are skipped)."""
+        """Remove the chunks with these ids; returns how many were removed (unknown ids are skipped).
+
+        Kinds whose faiss index cannot remove vectors (HNSW) keep them as tombstones that searches skip;
+        the space comes back when the index is rebuilt.
+        """
         found = sorted({self._ids[c] for c in chunk_ids if c in self._ids})
         if not found:
             return 0
-        if not faiss_kind(self.kind).supports_remove:
-            raise InputError(f"dense index {self.name!r}: kind {self.kind!r} cannot remove vectors; rebuild it")
-        removed = int(self._faiss.remove_ids(np.asarray(found, dtype=np.int64)))
-        if removed != len(found):
-            raise RuntimeError(f"dense index {self.name!r}: faiss removed {removed} of {len(found)} vectors")
+        if faiss_kind(self.kind).supports_remove:
+            removed = int(self._faiss.remove_ids(np.asarray(found, dtype=np.int64)))
+            if removed != len(found):
+                raise RuntimeError(f"dense index {self.name!r}: faiss removed {removed} of {len(found)} vectors")
         for faiss_id in found:
             del self._ids[self._chunks.pop(faiss_id).id]
-        return removed
+        return len(found)
 
     def __len__(self) -> int:
         return len(self._chunks)
@@ -168,7 +246,7 @@ class DenseIndex(SavedIndex):
     def save(self, directory: str | Path) -> None:
         """Write the index to ``directory`` atomically: a failed save leaves what was there intact."""
         faiss = require("faiss", "dense", "faiss-cpu")
-        index = self._faiss if self._faiss is not None else self._new_faiss(self.encoder.dimension)
+        index = self._faiss if self._faiss is not None else self._empty_faiss()
         with atomic_directory(directory) as staging:
             faiss.write_index(index, str(staging / VECTORS))
             self._write_chunks(staging / CHUNKS)
@@ -180,7 +258,7 @@ class DenseIndex(SavedIndex):
                 count=len(self),
                 files=[VECTORS, CHUNKS],
                 index_kind=self.kind,
-                faiss_factory=faiss_kind(self.kind).factory,
+                faiss_factory=self._factory or self._resolved_factory(0),
                 model=self.model,
                 dimension=int(index.d),
                 metric=METRIC,
@@ -198,11 +276,15 @@ class DenseIndex(SavedIndex):
         self._check_compatible(directory, manifest)
         verify_files(directory, manifest)
         faiss = require("faiss", "dense", "faiss-cpu")
-        index = faiss.read_index(str(directory / VECTORS))
+        flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if self.mmap else 0
+        index = faiss.read_index(str(directory / VECTORS), flags)
         chunks = _read_chunks(directory / CHUNKS)
-        _check_consistent(directory, manifest, index, chunks, faiss)
-        # Swap state only once everything was read and checked.
-        self._faiss = index
+        _check_consistent(directory, manifest, index, chunks, faiss, faiss_kind(self.kind).supports_remove)
+        # Swap state only once everything was read and checked. An empty index of a kind that trains was
+        # saved as a placeholder: the next add trains a real one.
+        empty_untrained = faiss_kind(self.kind).needs_training and index.ntotal == 0
+        self._faiss = None if empty_untrained else index
+        self._factory = "" if empty_untrained else str(manifest.get("faiss_factory", ""))
         self._chunks = chunks
         self._ids = {chunk.id: faiss_id for faiss_id, chunk in chunks.items()}
         self._next_id = int(manifest.get("next_id", max(chunks, default=-1) + 1))
@@ -225,9 +307,50 @@ class DenseIndex(SavedIndex):
             return f"{chunk.title} {chunk.text}"
         return chunk.text
 
-    def _new_faiss(self, dimension: int) -> Any:
+    def _new_faiss(self, vectors: np.ndarray) -> Any:
+        """A faiss index for these first vectors, trained on them when the kind needs it."""
         faiss = require("faiss", "dense", "faiss-cpu")
-        return faiss.index_factory(int(dimension), faiss_kind(self.kind).factory, faiss.METRIC_INNER_PRODUCT)
+        dimension = int(vectors.shape[1])
+        spec = faiss_kind(self.kind)
+        if spec.needs_training and len(vectors) < MIN_PQ_TRAINING:
+            raise InputError(
+                f"dense index {self.name!r}: kind {self.kind!r} trains on its first add, which needs at least "
+                f"{MIN_PQ_TRAINING} chunks; got {len(vectors)} (add more at once, or use kind 'flat' or 'hnsw')"
+            )
+        if spec.needs_training and dimension % self.pq_m:
+            raise InputError(
+                f"dense index {self.name!r}: pq_m={self.pq_m} must divide the embedding dimension {dimension}"
+            )
+        factory = self._resolved_factory(len(vectors))
+        index = faiss.index_factory(dimension, factory, faiss.METRIC_INNER_PRODUCT)
+        if spec.needs_training:
+            ivf = faiss.try_extract_index_ivf(index)
+            ivf = faiss.downcast_index(ivf) if ivf is not None else None
+            if ivf is not None and hasattr(ivf, "do_polysemous_training"):
+                # The factory turns on polysemous training (simulated annealing of the PQ codes for
+                # Hamming filtering, which we never use): minutes of CPU on this machine for nothing.
+                ivf.do_polysemous_training = False
+            index.train(vectors)
+        self._factory = factory
+        return index
+
+    def _empty_faiss(self) -> Any:
+        """An empty index to save before anything was added (untrained kinds only need the dimension)."""
+        faiss = require("faiss", "dense", "faiss-cpu")
+        factory = "IDMap2,Flat" if faiss_kind(self.kind).needs_training else self._resolved_factory(0)
+        return faiss.index_factory(int(self.encoder.dimension), factory, faiss.METRIC_INNER_PRODUCT)
+
+    def _resolved_factory(self, n_train: int) -> str:
+        return faiss_kind(self.kind).factory.format(nlist=self.nlist or default_nlist(n_train), pq_m=self.pq_m)
+
+    def _search_params(self) -> Any:
+        """Per-call faiss search parameters for this kind (so the knobs need no global state)."""
+        faiss = require("faiss", "dense", "faiss-cpu")
+        if self.kind == "hnsw":
+            return faiss.SearchParametersHNSW(efSearch=max(self.ef_search, 1))
+        if faiss_kind(self.kind).needs_training and faiss.try_extract_index_ivf(self._faiss) is not None:
+            return faiss.SearchParametersIVF(nprobe=self.nprobe)
+        return None
 
     def _check_new_ids(self, chunks: list[Chunk]) -> None:
         batch: set[str] = set()
@@ -275,9 +398,12 @@ def _read_chunks(path: Path) -> dict[int, Chunk]:
 
 
 def _check_consistent(
-    directory: Path, manifest: dict[str, Any], index: Any, chunks: dict[int, Chunk], faiss: Any
+    directory: Path, manifest: dict[str, Any], index: Any, chunks: dict[int, Chunk], faiss: Any,
+    supports_remove: bool = True,
 ) -> None:
-    if index.ntotal != len(chunks) or manifest.get("count", len(chunks)) != len(chunks):
+    # Kinds that cannot remove keep deleted vectors as tombstones: faiss may hold more than the chunks.
+    vectors_ok = index.ntotal == len(chunks) if supports_remove else index.ntotal >= len(chunks)
+    if not vectors_ok or manifest.get("count", len(chunks)) != len(chunks):
         raise InputError(
             f"{directory}: {VECTORS} holds {index.ntotal} vectors, {CHUNKS} {len(chunks)} chunks and the manifest "
             f"counts {manifest.get('count')}; they must agree"
@@ -285,7 +411,8 @@ def _check_consistent(
     if "dimension" in manifest and index.d != manifest["dimension"]:
         raise InputError(f"{directory}: {VECTORS} holds {index.d}-d vectors, the manifest says {manifest['dimension']}")
     if hasattr(index, "id_map"):  # IDMap-wrapped kinds keep their ids apart; check they match the chunks
-        if set(faiss.vector_to_array(index.id_map).tolist()) != set(chunks):
+        stored = set(faiss.vector_to_array(index.id_map).tolist())
+        if (stored != set(chunks)) if supports_remove else not set(chunks) <= stored:
             raise InputError(f"{directory}: the ids in {VECTORS} and in {CHUNKS} differ")
     seen: set[str] = set()
     for chunk in chunks.values():

@@ -223,7 +223,7 @@ def test_load_refuses_another_model_and_open_adopts_it(index: DenseIndex, tmp_pa
 
 
 def test_unknown_kind_lists_the_supported_kinds() -> None:
-    with pytest.raises(InputError, match=r"kind 'nope' is not supported; supported kinds: flat"):
+    with pytest.raises(InputError, match=r"kind 'nope' is not supported; supported kinds: flat, hnsw, ivfpq"):
         DenseIndex(kind="nope")
     with pytest.raises(InputError, match="supported kinds"):
         build("index", {"type": "dense", "params": {"kind": "nope"}})
@@ -235,10 +235,113 @@ def test_config_round_trip() -> None:
     assert config == {
         "type": "dense",
         "params": {
-            "model": "minilm", "kind": "flat", "batch_size": 16, "include_title": False, "name": "dense-notitle"
+            "model": "minilm", "kind": "flat", "batch_size": 16, "include_title": False, "name": "dense-notitle",
+            "ef_search": 128, "nprobe": 16, "nlist": 0, "pq_m": 48, "mmap": False,
         },
     }
     assert build("index", config) == idx
     assert build("index", json.loads(json.dumps(config))) == idx
     assert build("index", "dense") == DenseIndex()
     assert build("index", config) != DenseIndex()
+
+
+# -- approximate kinds: HNSW and IVF-PQ ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def title_chunks(scifact_dir: Path) -> list[Chunk]:
+    """300 short real texts (SciFact titles): enough to train IVF-PQ, quick to encode."""
+    from rag.io import read_jsonl
+
+    chunks = []
+    for _, record in read_jsonl(scifact_dir / "corpus.jsonl"):
+        title = record["title"]
+        chunks.append(Chunk(id=str(record["_id"]), doc_id=str(record["_id"]), text=title, start=0, end=len(title)))
+        if len(chunks) == 300:
+            break
+    return chunks
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivfpq"])
+def test_approximate_kinds_agree_with_exact_search(kind: str, title_chunks: list[Chunk], encoder: SentenceEncoder) -> None:
+    exact, approximate = DenseIndex(kind="flat"), DenseIndex(kind=kind, nprobe=64)
+    exact.add(title_chunks)
+    approximate.add(title_chunks)
+    queries = [c.text for c in title_chunks[:40]]
+    truth = [[h.chunk.id for h in hits] for hits in exact.search(queries, k=10)]
+    found = [[h.chunk.id for h in hits] for hits in approximate.search(queries, k=10)]
+    overlap = sum(len(set(a) & set(b)) for a, b in zip(truth, found)) / (10 * len(queries))
+    assert overlap >= (0.95 if kind == "hnsw" else 0.6), overlap
+    # A title searched for itself comes first (or, under PQ's approximate scores, within the top 3).
+    assert sum(q.id in ids[: 1 if kind == "hnsw" else 3] for q, ids in zip(title_chunks, found)) >= 38
+    assert all(len(ids) == 10 for ids in found)
+
+
+def test_hnsw_delete_leaves_tombstones_that_search_skips_even_after_a_reload(
+    title_chunks: list[Chunk], encoder: SentenceEncoder, tmp_path: Path
+) -> None:
+    index = DenseIndex(kind="hnsw")
+    index.add(title_chunks[:100])
+    gone = [c.id for c in title_chunks[:30]]
+    assert index.delete(gone + ["no-such-id"]) == 30 and len(index) == 70
+    queries = [c.text for c in title_chunks[:30]]
+    for hits in index.search(queries, k=5):
+        assert len(hits) == 5 and not {h.chunk.id for h in hits} & set(gone)
+    everything = index.search(queries[:1], k=100)[0]
+    assert len(everything) == 70
+    index.save(tmp_path / "hnsw")
+    reloaded = DenseIndex.open(tmp_path / "hnsw")
+    assert len(reloaded) == 70
+    assert ranked(reloaded.search(queries, k=5)) == ranked(index.search(queries, k=5))
+    index.add(title_chunks[:1])  # a deleted id may come back
+    assert index.search(queries[:1], k=1)[0][0].chunk.id == title_chunks[0].id
+
+
+def test_ivfpq_trains_on_its_first_add_and_round_trips(
+    title_chunks: list[Chunk], encoder: SentenceEncoder, tmp_path: Path
+) -> None:
+    with pytest.raises(InputError, match="at least 256 chunks; got 10"):
+        DenseIndex(kind="ivfpq").add(title_chunks[:10])
+    with pytest.raises(InputError, match="pq_m=50 must divide the embedding dimension 384"):
+        DenseIndex(kind="ivfpq", pq_m=50).add(title_chunks)
+    empty = DenseIndex(kind="ivfpq")
+    empty.save(tmp_path / "empty")  # saved before training; the first add after loading trains
+    index = DenseIndex.open(tmp_path / "empty")
+    index.add(title_chunks)
+    assert index.search([title_chunks[0].text], k=1)[0]
+    index.delete([title_chunks[0].id])
+    queries = [c.text for c in title_chunks[:20]]
+    assert title_chunks[0].id not in {h.chunk.id for hits in index.search(queries, k=20) for h in hits}
+    index.save(tmp_path / "ivfpq")
+    manifest = json.loads((tmp_path / "ivfpq" / "manifest.json").read_text())
+    assert manifest["faiss_factory"] == "IVF7,PQ48x8" and manifest["count"] == 299
+    reloaded = DenseIndex.open(tmp_path / "ivfpq")
+    assert reloaded._faiss.code_size == 48  # bytes per vector, against 1,536 for float32
+    assert ranked(reloaded.search(queries, k=5)) == ranked(index.search(queries, k=5))
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivfpq"])
+def test_memory_mapped_load_gives_identical_results(
+    kind: str, title_chunks: list[Chunk], encoder: SentenceEncoder, tmp_path: Path
+) -> None:
+    index = DenseIndex(kind=kind)
+    index.add(title_chunks)
+    index.save(tmp_path / kind)
+    mapped = DenseIndex(kind=kind, mmap=True)
+    mapped.load(tmp_path / kind)
+    queries = [c.text for c in title_chunks[:10]]
+    assert ranked(mapped.search(queries, k=5)) == ranked(index.search(queries, k=5))
+
+
+def test_search_vectors_checks_its_input(index: DenseIndex, encoder: SentenceEncoder) -> None:
+    vectors = encoder.encode_queries(QUERIES)
+    assert ranked(index.search_vectors(vectors, k=3)) == ranked(index.search(QUERIES, k=3))
+    with pytest.raises(InputError, match="query vectors are 3-d"):
+        index.search_vectors(np.ones((1, 3), dtype=np.float32))
+    with pytest.raises(InputError, match="must be 2-d"):
+        index.search_vectors(np.ones(384, dtype=np.float32))
+
+
+def test_presets_name_the_approximate_kinds() -> None:
+    assert build("index", "dense-hnsw") == DenseIndex(kind="hnsw")
+    assert build("index", "dense-ivfpq") == DenseIndex(kind="ivfpq")
