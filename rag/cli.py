@@ -55,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--corpus", required=True, help="path to a corpus.jsonl, or 'stdlib'")
     index.add_argument("--out", required=True, type=Path, help="pipeline directory to write (replaced atomically)")
     index.add_argument("--config", type=Path, help="pipeline YAML/JSON (default: recursive chunker, dense MiniLM, Qwen2.5-0.5B)")
+    index.add_argument("--ray", action="store_true",
+                       help="ingest with Ray Data into --shards index shards searched by shard actors (pip install 'specrag[ray]')")
+    index.add_argument("--address", help="with --ray: the Ray cluster to use (default: RAY_ADDRESS, else a local cluster)")
+    index.add_argument("--shards", type=int, help="with --ray: number of index shards (default 4)")
     index.set_defaults(func=cmd_index)
 
     ask = sub.add_parser("ask", help="answer a question from an indexed pipeline, with citations")
@@ -103,7 +107,29 @@ def build_index(corpus: str, out: Path, config: Path | None = None) -> "object":
 
 
 def cmd_index(args: argparse.Namespace) -> int:
+    if getattr(args, "ray", False):
+        return _index_with_ray(args)
+    if getattr(args, "shards", None) is not None or getattr(args, "address", None) is not None:
+        print("specrag: error: --shards and --address need --ray", file=sys.stderr)
+        return 2
     build_index(args.corpus, args.out, args.config)
+    return 0
+
+
+def _index_with_ray(args: argparse.Namespace) -> int:
+    from indexes.ray_ingest import ingest_pipeline
+
+    shards = 4 if args.shards is None else args.shards
+    corpus = args.corpus
+    if corpus == "stdlib":
+        corpus = _load_documents(corpus)
+    print(f"indexing {args.corpus} with Ray into {shards} shards ...", file=sys.stderr)
+    trace = ingest_pipeline(corpus, args.out, args.config, shards=shards, address=args.address)
+    print(trace.format(), file=sys.stderr)
+    for shard in trace.stages[0].extra["shards"]:
+        print(f"  shard {shard['shard']}: {shard['documents']} documents, {shard['chunks']} chunks, "
+              f"{shard['seconds']:.1f} s", file=sys.stderr)
+    print(f"saved {trace.stages[0].n_out} chunks in {shards} shards to {args.out}", file=sys.stderr)
     return 0
 
 
