@@ -1,0 +1,429 @@
+"""End-to-end RAG evaluation on a QA set, scored per stage, from Python or ``specrag eval rag``.
+
+    specrag eval rag --data ../shared/data/squad-v1.1-dev --pipeline my.yaml --limit 50 --out runs/squad
+
+The pipeline (a YAML/JSON config, or the default :class:`rag.pipeline.Pipeline`) ingests the QA corpus and
+answers every question. Per question the harness records, for each stage that ran:
+
+- ``recall``: 1 when some chunk that stage passed on is *useful* (its text contains a gold answer, by
+  :func:`eval.qa.contains_answer`, or its document is relevant by the qrels), else 0; after compression the
+  kept passage text is what must contain the answer. Stages: ``retrieve``, ``rerank``, ``filter`` (the
+  output of each filter in turn: ``filter``, ``filter.2``, ...), ``compress``;
+- seconds, items in and out and tokens in and out (from the answer's trace);
+- for the generator: exact match, token F1 and containment of the answer (citation markers stripped first),
+  citation precision (the share of cited chunks that are useful, as above), tokens/s, and every other
+  key the generate stage puts in its trace (draft acceptance when speculative decoding runs).
+
+A run directory holds ``config.yaml`` (the resolved pipeline), ``run.json`` (data set card and options),
+``records.jsonl`` (one line per question, appended and flushed as it goes), ``summary.json`` and PNG plots.
+Re-running on the same directory skips the questions already recorded, so an interrupted run (Ctrl-C)
+resumes; the index is saved under ``pipeline/`` in the run directory and reloaded, never cached elsewhere.
+
+    >>> from eval.rag_eval import run_rag_eval
+    >>> summary = run_rag_eval("../shared/data/squad-v1.1-dev", None, "runs/squad", limit=20)  # doctest: +SKIP
+    >>> summary["metrics"]["f1"], summary["metrics"]["recall.retrieve"]                      # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import re
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+from eval.qa import QADataset, QAQuestion, contains_answer, exact_match, load_qa, token_f1
+from rag.errors import InputError, SpecragError
+from rag.types import Answer, Context, Hit
+
+RECORDS = "records.jsonl"
+SUMMARY = "summary.json"
+CONFIG = "config.yaml"
+RUN = "run.json"
+SAVED_PIPELINE = "pipeline"
+DEFAULT_RUNS = Path(".specrag") / "runs"
+# Citation markers like [2] or [1, 3]: stripped before EM/F1 so that "Denver Broncos [1]" scores as the span.
+_MARKERS = re.compile(r"\s*\[\d+(?:\s*,\s*\d+)*\]")
+
+
+# -- scoring one question ----------------------------------------------------------------------------
+
+
+def is_useful(text: str, doc_id: str, question: QAQuestion) -> bool:
+    """A chunk is useful for a question when it contains a gold answer or its document is relevant."""
+    return doc_id in question.relevant or contains_answer(text, question.answers)
+
+
+def strip_citations(text: str) -> str:
+    """The answer without its ``[n]`` citation markers."""
+    return _MARKERS.sub("", text).strip()
+
+
+def score_answer(question: QAQuestion, answer: Answer, stage_outputs: Sequence[tuple[str, Any]]) -> dict[str, Any]:
+    """One question's record: answer metrics, citation precision, per-stage recall and the trace."""
+    prediction = strip_citations(answer.text)
+    texts: dict[str, tuple[str, str]] = {}  # chunk id -> (text, doc id), for citations
+    recall: dict[str, float] = {}
+    for stage, output in stage_outputs:
+        items = _items(output)
+        recall[stage] = float(any(is_useful(text, doc_id, question) for _, text, doc_id in items))
+        if not isinstance(output, Context):  # citations name chunks; score the chunk's full text
+            texts.update({chunk_id: (text, doc_id) for chunk_id, text, doc_id in items})
+    for hit in answer.hits:
+        texts.setdefault(hit.chunk.id, (hit.chunk.text, hit.chunk.doc_id))
+    cited = [c.chunk_id for c in answer.citations]
+    useful_cited = sum(1 for cid in cited if cid in texts and is_useful(*texts[cid], question))
+    stages = answer.trace.to_dicts()
+    generate = next((s for s in stages if s["stage"] == "generate"), None)
+    record: dict[str, Any] = {
+        "id": question.id,
+        "question": question.text,
+        "answers": list(question.answers),
+        "prediction": answer.text,
+        "em": exact_match(prediction, question.answers) if generate else None,
+        "f1": token_f1(prediction, question.answers) if generate else None,
+        "contains": float(contains_answer(prediction, question.answers)) if generate else None,
+        "citations": cited,
+        "citation_precision": useful_cited / len(cited) if cited else None,
+        "recall": recall,
+        "context_tokens": generate["tokens_in"] if generate else None,
+        "answer_tokens": generate["tokens_out"] if generate else None,
+        "stages": stages,
+    }
+    return record
+
+
+def _items(output: Any) -> list[tuple[str, str, str]]:
+    """(chunk id, text, doc id) for a hit list or a compressed context."""
+    if isinstance(output, Context):
+        return [(p.chunk.id, p.text, p.chunk.doc_id) for p in output.passages]
+    return [(h.chunk.id, h.chunk.text, h.chunk.doc_id) for h in output]
+
+
+# -- watching the pipeline's stages ------------------------------------------------------------------
+
+
+@contextmanager
+def watch_stages(pipeline: Any) -> Iterator[list[tuple[str, Any]]]:
+    """Record what each stage of ``pipeline`` passes on, while the pipeline runs its own flow.
+
+    The components' methods are wrapped on the instances (and restored afterwards), so the order and the
+    arguments are the pipeline's own. The yielded list is cleared by the caller before each question.
+    """
+    outputs: list[tuple[str, Any]] = []
+    patched: list[tuple[Any, str]] = []
+
+    def wrap(component: Any, method: str, stage: str, pick: Callable[[Any], Any] = lambda r: r) -> None:
+        original = getattr(component, method)
+
+        def recorded(*args: Any, **kwargs: Any) -> Any:
+            result = original(*args, **kwargs)
+            earlier = sum(1 for name, _ in outputs if name.split(".")[0] == stage)
+            outputs.append((stage if not earlier else f"{stage}.{earlier + 1}", pick(result)))
+            return result
+
+        setattr(component, method, recorded)
+        patched.append((component, method))
+
+    wrap(pipeline.index, "search", "retrieve", pick=lambda r: r[0] if r else [])
+    if pipeline.reranker is not None:
+        wrap(pipeline.reranker, "rerank", "rerank")
+    for f in pipeline.filters:
+        wrap(f, "filter", "filter")
+    if pipeline.compressor is not None:
+        wrap(pipeline.compressor, "compress", "compress")
+    try:
+        yield outputs
+    finally:
+        for component, method in patched:
+            try:
+                delattr(component, method)
+            except AttributeError:
+                pass
+
+
+# -- summaries ---------------------------------------------------------------------------------------
+
+
+def _mean(values: list[float]) -> float | None:
+    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return sum(values) / len(values) if values else None
+
+
+def _numbers(extra: Mapping[str, Any]) -> dict[str, float]:
+    """The numeric entries of a trace extra, one level of mappings flattened (``accepted.sam``)."""
+    flat: dict[str, float] = {}
+    for key, value in extra.items():
+        if isinstance(value, (bool, int, float)):
+            flat[key] = float(value)
+        elif isinstance(value, Mapping):
+            flat.update({f"{key}.{k}": float(v) for k, v in value.items() if isinstance(v, (bool, int, float))})
+    return flat
+
+
+def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Means over questions, in four parts: ``metrics`` (answer quality, recall per stage, tokens: the same
+    for a deterministic pipeline however the run was split), ``extras`` (every numeric key a stage puts in
+    its trace's ``extra``, such as the generator's tokens/s and draft acceptance; these may depend on what
+    the components saw before, e.g. an adaptive drafter's history), ``timing`` (seconds per stage) and
+    ``stages`` (a table per stage). A question without a value for a metric (no citation, say) is left
+    out of that metric's mean."""
+    metrics: dict[str, Any] = {"questions": len(records)}
+    for key in ("em", "f1", "contains", "citation_precision", "context_tokens", "answer_tokens"):
+        metrics[key] = _mean([r.get(key) for r in records])
+    metrics["cited"] = _mean([float(bool(r.get("citations"))) for r in records if r.get("em") is not None])
+    stage_names: list[str] = []
+    for r in records:
+        for name in list(r.get("recall", {})) + [s["stage"] for s in r.get("stages", [])]:
+            if name not in stage_names:
+                stage_names.append(name)
+    for name in stage_names:
+        values = [r["recall"][name] for r in records if name in r.get("recall", {})]
+        if values:
+            metrics[f"recall.{name}"] = _mean(values)
+    timing: dict[str, Any] = {}
+    extras_mean: dict[str, Any] = {}
+    stages: dict[str, dict[str, Any]] = {}
+    for name in dict.fromkeys(s["stage"] for r in records for s in r.get("stages", [])):
+        rows = [[s for s in r["stages"] if s["stage"] == name] for r in records]
+        rows = [row for row in rows if row]
+        table = {
+            "questions": len(rows),
+            "seconds": _mean([sum(s["seconds"] for s in row) for row in rows]),
+            "n_in": _mean([row[0]["n_in"] for row in rows]),
+            "n_out": _mean([row[-1]["n_out"] for row in rows]),
+            "tokens_in": _mean([row[0]["tokens_in"] for row in rows]),
+            "tokens_out": _mean([row[-1]["tokens_out"] for row in rows]),
+        }
+        if f"recall.{name}" in metrics:
+            table["recall"] = metrics[f"recall.{name}"]
+        stages[name] = table
+        timing[f"seconds.{name}"] = table["seconds"]
+        extras = [_numbers(row[0].get("extra", {})) for row in rows]
+        for key in dict.fromkeys(k for e in extras for k in e):
+            extras_mean[f"{name}.{key}"] = table[key] = _mean([e[key] for e in extras if key in e])
+        # Speculative decoding reports drafted and accepted tokens per drafter: the run's acceptance rate is
+        # the ratio of the totals (a mean of per-question ratios would over-weight short answers).
+        drafted = sum(v for e in extras for k, v in e.items() if k == "drafted" or k.startswith("drafted."))
+        accepted = sum(v for e in extras for k, v in e.items() if k == "accepted" or k.startswith("accepted."))
+        if drafted:
+            extras_mean[f"{name}.acceptance"] = table["acceptance"] = accepted / drafted
+    timing["seconds.total"] = _mean([sum(s["seconds"] for s in r.get("stages", [])) for r in records])
+    return {"metrics": metrics, "extras": extras_mean, "timing": timing, "stages": stages}
+
+
+# -- the run -----------------------------------------------------------------------------------------
+
+
+def resolve_pipeline(config: "str | Path | Mapping[str, Any] | None") -> Any:
+    """A pipeline from a YAML/JSON path, plain config data, a built Pipeline, or ``None`` (the default)."""
+    from rag.pipeline import Pipeline
+
+    if config is None:
+        return Pipeline()
+    if isinstance(config, Pipeline):
+        return config
+    if isinstance(config, Mapping):
+        return Pipeline.from_config(dict(config))
+    return Pipeline.from_config(config)
+
+
+def default_run_dir(data_dir: str | Path, config: Mapping[str, Any]) -> Path:
+    """``.specrag/runs/<data set>-<config hash>``: the same command resumes the same run."""
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
+    return DEFAULT_RUNS / f"{Path(data_dir).name}-{digest}"
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """Records of a ``records.jsonl``; a last line cut short by an interruption is dropped (and removed)."""
+    if not path.is_file():
+        return []
+    records: list[dict[str, Any]] = []
+    good_bytes = 0
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                records.append(json.loads(raw))
+            except json.JSONDecodeError:
+                if handle.read(1):  # not the last line: the file is damaged, not merely interrupted
+                    raise InputError(f"{path}, line {number}: not a JSON record") from None
+                break
+            good_bytes += len(raw)
+    if good_bytes != path.stat().st_size:
+        with path.open("r+b") as handle:
+            handle.truncate(good_bytes)
+    return records
+
+
+def _prepare(run_dir: Path, pipeline: Any, dataset: QADataset, data_dir: str | Path, log: Callable[[str], None]) -> Any:
+    """Write or check the run's config, and ingest the corpus (or reload the index saved in the run)."""
+    from rag.config import dump_config, load_config_file
+    from rag.pipeline import Pipeline
+
+    config = pipeline.to_config()
+    config_path = run_dir / CONFIG
+    if config_path.is_file():
+        previous = load_config_file(config_path)
+        if previous != config:
+            raise InputError(
+                f"{config_path}: this run directory holds another pipeline; use a new --out, or the same config "
+                f"to resume (differs in: {', '.join(k for k in config if config.get(k) != previous.get(k))})"
+            )
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        dump_config(config, config_path)
+    saved = run_dir / SAVED_PIPELINE
+    if (saved / "pipeline.yaml").is_file():
+        log(f"reloading the index saved in {saved}")
+        loaded = Pipeline.load(saved)
+        pipeline.index = loaded.index
+        return None
+    log(f"ingesting {len(dataset.corpus)} passages of {dataset.name} ...")
+    trace = pipeline.ingest(dataset.corpus)
+    pipeline.save(saved)
+    return trace
+
+
+def run_rag_eval(
+    data_dir: str | Path,
+    pipeline: "str | Path | Mapping[str, Any] | Any | None",
+    run_dir: str | Path | None = None,
+    *,
+    limit: int | None = None,
+    split: str = "test",
+    on_record: Callable[[dict[str, Any]], None] | None = None,
+    progress: bool = True,
+    plots: bool = True,
+) -> dict[str, Any]:
+    """Evaluate ``pipeline`` on the QA folder ``data_dir``, writing (or resuming) ``run_dir``; returns the summary.
+
+    ``on_record`` is called with each new record after it is written (a test interrupts a run from it).
+    """
+    dataset = load_qa(data_dir, split=split, limit=limit)
+    pipe = resolve_pipeline(pipeline)
+    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(data_dir, pipe.to_config())
+    log = (lambda m: print(m, file=sys.stderr, flush=True)) if progress else (lambda m: None)
+    ingest_trace = _prepare(run_dir, pipe, dataset, data_dir, log)
+    run_info_path = run_dir / RUN
+    run_info = json.loads(run_info_path.read_text()) if run_info_path.is_file() else {}
+    if ingest_trace is not None:
+        run_info["ingest"] = ingest_trace.to_dicts()
+    run_info.update(data=str(data_dir), split=split, limit=limit, dataset=dataset.card())
+    _write_json(run_info_path, run_info)
+
+    records_path = run_dir / RECORDS
+    done = {r["id"]: r for r in read_records(records_path)}
+    todo = [q for q in dataset.questions if q.id not in done]
+    if done:
+        log(f"resuming: {len(dataset.questions) - len(todo)} of {len(dataset.questions)} questions already in {records_path}")
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(dataset.questions), initial=len(dataset.questions) - len(todo), unit="q",
+               disable=not progress, file=sys.stderr, desc=dataset.name)
+    with watch_stages(pipe) as outputs, records_path.open("a", encoding="utf-8") as handle:
+        for question in todo:
+            outputs.clear()
+            answer = pipe.ask(question.text)
+            record = score_answer(question, answer, list(outputs))
+            handle.write(json.dumps(record) + "\n")
+            handle.flush()
+            done[question.id] = record
+            bar.update(1)
+            if on_record is not None:
+                on_record(record)
+    bar.close()
+    records = [done[q.id] for q in dataset.questions]  # data set order, whatever order they were run in
+    summary = {"dataset": dataset.card(), "data": str(data_dir), "limit": limit, **summarize(records)}
+    _write_json(run_dir / SUMMARY, summary)
+    if plots:
+        from eval.plots import plot_run
+
+        summary["plots"] = [str(p) for p in plot_run(records, summary, run_dir)]
+    return summary
+
+
+def _write_json(path: Path, data: Any) -> None:
+    from rag.io import atomic_write_bytes
+
+    atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode("utf-8"))
+
+
+def format_summary(summary: Mapping[str, Any]) -> str:
+    """The per-stage table and the answer metrics, for a terminal."""
+    m, t = summary["metrics"], summary["timing"]
+    card = summary["dataset"]
+    lines = [f"{card['name']} ({card['split']}): {m['questions']} questions, {card['passages']} passages"]
+    lines.append(f"{'stage':<12} {'recall':>7} {'in':>6} {'out':>6} {'tok in':>8} {'tok out':>8} {'seconds':>8}")
+    for name, row in summary["stages"].items():
+        recall = f"{row['recall']:.3f}" if row.get("recall") is not None else "-"
+        lines.append(
+            f"{name:<12} {recall:>7} {row['n_in']:>6.1f} {row['n_out']:>6.1f} {row['tokens_in']:>8.1f} "
+            f"{row['tokens_out']:>8.1f} {row['seconds']:>8.3f}"
+        )
+    lines.append(f"{'total':<12} {'':>7} {'':>6} {'':>6} {'':>8} {'':>8} {t['seconds.total'] or 0:>8.3f}")
+    fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    lines.append(
+        f"EM {fmt(m.get('em'))}  F1 {fmt(m.get('f1'))}  contains {fmt(m.get('contains'))}  "
+        f"citation precision {fmt(m.get('citation_precision'))} (cited {fmt(m.get('cited'))})"
+    )
+    extra = {k: v for k, v in summary.get("extras", {}).items() if k.startswith("generate.") and v is not None}
+    if extra:
+        lines.append("generate: " + ", ".join(f"{k.split('.', 1)[1]} {v:.3g}" for k, v in extra.items()))
+    return "\n".join(lines)
+
+
+# -- command line ------------------------------------------------------------------------------------
+
+
+def add_rag_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> argparse.ArgumentParser:
+    parser = commands.add_parser(
+        "rag",
+        help="run a pipeline on a QA set: per-stage recall, tokens, seconds; EM, F1, citation precision",
+        description=(
+            "Ingest a QA folder's corpus with a pipeline, answer its questions and score every stage.\n"
+            "Writes a run directory (config.yaml, run.json, records.jsonl, summary.json, PNG plots); re-running\n"
+            "the same command on the same directory resumes after an interruption. The summary JSON is the\n"
+            "last line of stdout."
+        ),
+        epilog="example:\n  specrag eval rag --data ../shared/data/squad-v1.1-dev --limit 50 --out runs/squad-default",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--data", required=True, metavar="DIR", help="QA folder: corpus.jsonl, queries.jsonl with answers, qrels/")
+    parser.add_argument("--pipeline", metavar="CONFIG", type=Path,
+                        help="pipeline YAML/JSON (default: the default Pipeline(): recursive, dense, top-5, qwen2.5-0.5b)")
+    parser.add_argument("--limit", type=_positive_int, metavar="N", help="the first N questions (the whole corpus is indexed)")
+    parser.add_argument("--split", default="test", help="qrels split naming relevant passages (default: test)")
+    parser.add_argument("--out", type=Path, metavar="RUNDIR", help=f"run directory (default: {DEFAULT_RUNS}/<data>-<config hash>)")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.set_defaults(func=rag_command)
+    return parser
+
+
+def rag_command(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    try:
+        summary = run_rag_eval(args.data, args.pipeline, args.out, limit=args.limit, split=args.split,
+                               plots=not args.no_plots)
+    except KeyboardInterrupt:
+        print("\ninterrupted: the finished questions are saved; run the same command again to resume",
+              file=sys.stderr)
+        return 130
+    except SpecragError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(format_summary(summary))
+    print(f"({time.perf_counter() - started:.0f} s)", file=sys.stderr)
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value

@@ -1,0 +1,200 @@
+"""The end-to-end RAG harness: per-question scoring, per-stage recall, run directories, resuming after Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from eval.qa import QAQuestion
+from eval.rag_eval import RECORDS, SUMMARY, read_records, run_rag_eval, score_answer, strip_citations, summarize
+from rag.types import Answer, Chunk, Citation, Context, Hit, Passage, StageRecord, Trace
+
+SQUAD = "squad-v1.1-dev"
+
+
+def _hit(chunk_id: str, doc_id: str, text: str, score: float = 1.0) -> Hit:
+    return Hit(Chunk(id=chunk_id, doc_id=doc_id, text=text, start=0, end=len(text)), score, "test")
+
+
+def test_score_answer_counts_useful_chunks_per_stage_and_cited_precision() -> None:
+    question = QAQuestion("q1", "Who won Super Bowl 50?", ("Denver Broncos",), frozenset({"gold"}))
+    gold = _hit("gold#0", "gold", "The game was played in California.")  # relevant by the qrels only
+    bearing = _hit("other#0", "other", "The Denver Broncos won the game.")  # contains the answer only
+    noise = _hit("noise#0", "noise", "Nothing of use here.")
+    trace = Trace([StageRecord("retrieve", 0.01, 1, 3), StageRecord("filter", 0.0, 3, 1),
+                   StageRecord("generate", 1.0, 1, 1, 300, 7, {"tokens_per_second": 7.0, "drafted": {"sam": 4}, "accepted": {"sam": 3}})])
+    answer = Answer("the Denver Broncos [1] [2]", [Citation(1, "noise#0", "noise"), Citation(2, "other#0", "other")],
+                    [noise], trace)
+    context = Context((Passage(noise.chunk, "Nothing."),))
+    stages = [("retrieve", [noise, gold, bearing]), ("filter", [noise]), ("compress", context)]
+    record = score_answer(question, answer, stages)
+    assert record["recall"] == {"retrieve": 1.0, "filter": 0.0, "compress": 0.0}
+    assert (record["em"], record["f1"], record["contains"]) == (1.0, 1.0, 1.0)  # markers stripped first
+    assert record["citation_precision"] == 0.5
+    assert record["context_tokens"] == 300 and record["answer_tokens"] == 7
+
+    summary = summarize([record, {**record, "id": "q2", "em": 0.0, "citation_precision": None}])
+    assert summary["metrics"]["em"] == 0.5
+    assert summary["metrics"]["citation_precision"] == 0.5  # a question without citations is left out
+    assert summary["extras"]["generate.accepted.sam"] == 3  # generator extras are read generically
+    assert summary["extras"]["generate.acceptance"] == 0.75
+    assert summary["extras"]["generate.tokens_per_second"] == 7.0
+    assert summary["stages"]["filter"]["recall"] == 0.0
+
+
+def test_strip_citations() -> None:
+    assert strip_citations("Paris [1, 3]. [2]") == "Paris."
+
+
+def test_a_cut_short_last_line_is_dropped(tmp_path: Path) -> None:
+    path = tmp_path / RECORDS
+    path.write_text('{"id": "a"}\n{"id": "b"}\n{"id": "c", "pre')
+    assert [r["id"] for r in read_records(path)] == ["a", "b"]
+    assert path.read_text() == '{"id": "a"}\n{"id": "b"}\n'
+
+
+# -- a real pipeline on a small QA folder ------------------------------------------------------------
+
+
+def make_tiny_qa(source: Path, out: Path, paragraphs: int = 12, questions: int = 5) -> Path:
+    """The first ``paragraphs`` passages of a QA folder and the first ``questions`` asked about them."""
+    (out / "qrels").mkdir(parents=True)
+    corpus = source.joinpath("corpus.jsonl").read_text().splitlines()[:paragraphs]
+    ids = {json.loads(line)["_id"] for line in corpus}
+    (out / "corpus.jsonl").write_text("\n".join(corpus) + "\n")
+    gold = {}
+    for line in source.joinpath("qrels", "test.tsv").read_text().splitlines()[1:]:
+        qid, doc, grade = line.split("\t")
+        if doc in ids:
+            gold[qid] = (doc, grade)
+    kept_lines = []
+    with source.joinpath("queries.jsonl").open() as handle:
+        for line in handle:
+            if json.loads(line)["_id"] in gold:
+                kept_lines.append(line.rstrip("\n"))
+            if len(kept_lines) == questions:
+                break
+    (out / "queries.jsonl").write_text("\n".join(kept_lines) + "\n")
+    kept = [json.loads(q)["_id"] for q in kept_lines]
+    (out / "qrels" / "test.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{gold[q][0]}\t{gold[q][1]}\n" for q in kept)
+    )
+    return out
+
+
+def make_tiny_lm(out: Path) -> Path:
+    """A 2-layer, 32-wide random Llama with SmolLM2's tokenizer: a real generator that decodes in milliseconds."""
+    import torch
+    import transformers
+
+    from rag.models import resolve_model
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(resolve_model("smollm2-135m"))
+    config = transformers.LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_qa(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_qa(data_dir / SQUAD, tmp_path_factory.mktemp("tiny-qa") / "tiny-squad")
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_lm(tmp_path_factory.mktemp("tiny-lm"))
+
+
+def _config(model: Path) -> dict:
+    return {
+        "chunker": {"type": "recursive", "params": {"max_tokens": 128}},
+        "index": {"type": "bm25s", "params": {}},
+        "filters": [{"type": "top-k", "params": {"k": 2}}],
+        "generator": {"type": "grounded", "params": {"model": str(model), "max_new_tokens": 6}},
+    }
+
+
+class Interrupt:
+    """An ``on_record`` callback that presses Ctrl-C after ``after`` new records."""
+
+    def __init__(self, after: int) -> None:
+        self.after, self.seen = after, 0
+
+    def __call__(self, record: dict) -> None:
+        self.seen += 1
+        if self.seen == self.after:
+            raise KeyboardInterrupt
+
+
+def test_an_interrupted_run_resumes_to_the_uninterrupted_summary(tiny_qa: Path, tiny_lm: Path, tmp_path: Path) -> None:
+    config = _config(tiny_lm)
+    whole = run_rag_eval(tiny_qa, config, tmp_path / "whole", progress=False)
+
+    resumed_dir = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        run_rag_eval(tiny_qa, config, resumed_dir, on_record=Interrupt(2), progress=False)
+    assert len(read_records(resumed_dir / RECORDS)) == 2
+    assert not (resumed_dir / SUMMARY).exists()
+    asked: list[str] = []
+    resumed = run_rag_eval(tiny_qa, config, resumed_dir, on_record=lambda r: asked.append(r["id"]), progress=False)
+    assert len(asked) == 3  # only the questions the interrupted run had not finished
+
+    assert resumed["metrics"] == whole["metrics"]  # everything but timings
+    assert resumed["metrics"]["questions"] == 5
+    assert set(resumed["stages"]) == {"retrieve", "filter", "generate"}
+    assert resumed["metrics"]["recall.retrieve"] >= resumed["metrics"]["recall.filter"] > 0
+    for name in ("config.yaml", "run.json", RECORDS, SUMMARY, "quality_vs_context.png", "latency_by_stage.png"):
+        assert (resumed_dir / name).is_file(), name
+    assert (resumed_dir / "pipeline" / "pipeline.yaml").is_file()  # the index lives in the run, nowhere else
+    records = read_records(resumed_dir / RECORDS)
+    assert sorted(r["id"] for r in records) == sorted(json.loads(l)["_id"] for l in (tiny_qa / "queries.jsonl").open())
+    assert all(r["context_tokens"] > 0 and r["answer_tokens"] <= 6 + 3 for r in records)
+
+
+def test_a_run_directory_refuses_another_pipeline(tiny_qa: Path, tiny_lm: Path, tmp_path: Path) -> None:
+    from rag.errors import InputError
+
+    config = _config(tiny_lm)
+    config["generator"] = None
+    run_rag_eval(tiny_qa, config, tmp_path / "run", limit=1, progress=False, plots=False)
+    other = {**config, "filters": [{"type": "top-k", "params": {"k": 1}}]}
+    with pytest.raises(InputError, match="another pipeline"):
+        run_rag_eval(tiny_qa, other, tmp_path / "run", limit=1, progress=False, plots=False)
+
+
+def test_cli_runs_and_prints_the_summary_last(tiny_qa: Path, tiny_lm: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+
+    from rag.cli import main
+
+    config = _config(tiny_lm)
+    config["generator"] = None  # retrieval stages only: recall without generation
+    path = tmp_path / "pipe.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["eval", "rag", "--data", str(tiny_qa), "--pipeline", str(path), "--limit", "3",
+                 "--out", str(tmp_path / "run"), "--no-plots"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["metrics"]["questions"] == 3 and summary["metrics"]["em"] is None
+    assert "recall.filter" in summary["metrics"]
+
+
+def test_data_info_prints_cards_for_beir_and_qa_folders(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from rag.cli import main
+
+    assert main(["data", "info", str(data_dir / "scifact"), str(data_dir / "hotpotqa-dev-fullwiki-500")]) == 0
+    scifact, hotpot = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (scifact["kind"], scifact["documents"], scifact["splits"]["test"]) == (
+        "beir", 5183, {"queries": 300, "judgements": 339})
+    assert scifact["licence"] == "CC BY-NC 2.0"
+    assert (hotpot["kind"], hotpot["queries_with_answers"], hotpot["documents"]) == ("qa", 500, 4920)
+    assert set(hotpot["splits"]) == {"test", "test_gold_complete"}
+    assert main(["data", "info", str(data_dir / "no-such-set")]) == 2
