@@ -15,6 +15,8 @@ from eval.beir import BeirDataset, load_beir
 from eval.metrics import evaluate_run, hits_to_run
 from eval.retrieval import add_eval_parser, load_index_spec, run_retrieval
 from rag.errors import InputError
+from rag.registry import register
+from rag.rerank import BaseReranker
 from rag.types import Chunk, Hit
 
 # Small enough for ~15 documents/s (SciFact abstracts fill MiniLM's 256 tokens) to keep this file near
@@ -204,3 +206,93 @@ def test_index_specs_name_mapping_or_file(tmp_path: Path) -> None:
         load_index_spec("bm42")
     with pytest.raises(InputError, match="no such index config file"):
         load_index_spec(tmp_path / "missing.yaml")
+
+
+# -- reranking and filtering stages ----------------------------------------------------------------
+
+
+class ReverseReranker(BaseReranker):
+    """Puts the retriever's order upside down: a reranker whose effect on nDCG is known."""
+
+    name = "test-reverse"
+
+    def __init__(self) -> None:
+        pass
+
+    def score(self, query: str, hits: list[Hit]) -> list[float]:
+        return [float(i) for i in range(len(hits))]
+
+
+register("reranker", "test-reverse", "tests.eval.test_retrieval:ReverseReranker")
+
+TOPICS = ["aspirin blood clotting", "solar panels energy", "whale migration ocean", "bread yeast baking",
+          "volcano lava eruption", "chess opening strategy"]
+
+
+@pytest.fixture()
+def topics(tmp_path: Path) -> Path:
+    """Six topics, three documents each (one strong, two weaker), one query per topic judging the strong one."""
+    corpus, queries, qrels = [], [], []
+    for t, words in enumerate(TOPICS):
+        corpus.append({"_id": f"t{t}-strong", "title": "", "text": f"{words} {words} {words} facts"})
+        corpus.append({"_id": f"t{t}-weak", "title": "", "text": f"{words.split()[0]} is mentioned here once"})
+        corpus.append({"_id": f"t{t}-other", "title": "", "text": f"{words.split()[1]} appears in passing"})
+        queries.append({"_id": f"q{t}", "text": words})
+        qrels.append(f"q{t}\tt{t}-strong\t1")
+    root = write_beir(tmp_path / "topics", corpus, queries, qrels)
+    (root / "qrels" / "train.tsv").write_text((root / "qrels" / "test.tsv").read_text())
+    return root
+
+
+def test_rerank_and_filter_stages_are_scored(topics: Path) -> None:
+    plain = run_retrieval(topics, "bm25s", k=10)
+    assert plain["ndcg@10"] == pytest.approx(1.0) and [s["stage"] for s in plain["stages"]] == ["retrieve"]
+    assert "kept_f1" not in plain and "rerank" not in plain
+
+    result = run_retrieval(topics, "bm25s", k=10, rerank="test-reverse", rerank_depth=2,
+                           filters=["topk", "reorder"], params={"topk": {"k": 2}})
+    assert result["ndcg@10"] == pytest.approx(1.0)  # the index's own hits
+    assert result["rerank"] == {"type": "test-reverse", "params": {}} and result["rerank_depth"] == 2
+    # the best two swapped, the tail untouched: the relevant document now sits second
+    assert result["rerank_ndcg@10"] == pytest.approx(1 / np.log2(3))
+    assert result["rerank_ms_per_query"] >= 0
+    assert [(s["stage"], s["name"]) for s in result["stages"]] == [
+        ("retrieve", "bm25s"), ("rerank", "test-reverse"), ("filter", "top-k"), ("filter", "reorder")]
+    # the filters see the two reranked hits: both kept, one of them relevant
+    assert result["kept_mean"] == 2.0 and result["kept_recall"] == 1.0
+    assert result["kept_precision"] == pytest.approx(0.5) and result["kept_f1"] == pytest.approx(2 / 3)
+    assert result["filters"] == [{"type": "top-k", "params": {"k": 2, "min_score": None}},
+                                 {"type": "reorder", "params": {}}]
+    with pytest.raises(InputError, match=r"parameters given for \['mmr'\]"):
+        run_retrieval(topics, "bm25s", filters=["topk"], params={"mmr": {"k": 1}})
+
+
+def test_fit_filter_then_calibrated_filtering_and_refusal_of_another_index(topics: Path, tmp_path: Path) -> None:
+    from eval.retrieval import fit_filter
+
+    out = tmp_path / "bm25s.json"
+    params = fit_filter(topics, "bm25s", out, split="train", depth=3)
+    assert params["source"] == "bm25s" and params["retriever"]["type"] == "bm25s" and params["depth"] == 3
+    assert params["train"]["queries"] == 6 and params["train"]["split"] == "train"
+    result = run_retrieval(topics, "bm25s", k=10, filters=["calibrated"], params={"calibrated": {"path": str(out)}})
+    assert result["kept_f1"] == pytest.approx(params["train"]["kept_f1"])  # same queries: the fit's own F1
+    assert result["kept_f1"] >= params["train"]["raw_kept_f1"]
+    with pytest.raises(InputError, match=r'fitted for retriever \{"type": "bm25s".*"k1": 0.9.*applied to retriever '
+                                         r'\{"type": "bm25s".*"k1": 1.5'):
+        run_retrieval(topics, {"type": "bm25s", "params": {"k1": 1.5}}, filters=["calibrated"],
+                      params={"calibrated": {"path": str(out)}})
+
+
+def test_cli_takes_rerank_filter_and_settings(topics: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = make_parser().parse_args(
+        ["eval", "retrieval", "--data", str(topics), "--index", "bm25s", "--rerank", "test-reverse",
+         "--rerank-depth", "3", "--filter", "threshold,topk", "--set", "threshold.min_score=-1e9",
+         "--set", "topk.k=1"])
+    assert args.func(args) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    result = json.loads(lines[-1])
+    assert {"kept_precision", "kept_recall", "kept_f1", "kept_mean"} <= set(result)
+    assert result["kept_mean"] == 1.0 and result["stages"][-1]["name"] == "top-k"
+    assert any("filter threshold" in line for line in lines[:-1])
+    bad = make_parser().parse_args(["eval", "retrieval", "--data", str(topics), "--index", "bm25s", "--set", "oops"])
+    assert bad.func(bad) == 2 and "expected NAME.KEY=VALUE" in capsys.readouterr().err

@@ -1,0 +1,298 @@
+"""Rerankers: rescore a query's hits with a stronger (slower) model and keep the best ``k``.
+
+Three offline-capable kinds besides MaxSim (``indexes.late:MaxSimReranker``):
+
+- ``cross-encoder``: a sentence-transformers ``CrossEncoder`` checkpoint (local path or hub id); none
+  ships offline, so bring your own;
+- ``llm-pointwise``: a causal LM judges each (query, passage) pair; relevance is
+  ``logit("Yes") - logit("No")`` at the answer position. Candidates are batched with left padding;
+- ``first``: listwise single-token ranking as in FIRST (Reddy et al., 2024; Chen et al., "An Early FIRST
+  Reproduction ..."): up to ``window`` candidates are labelled ``A``, ``B``, ... in one prompt and
+  ranked by the logits of the first token the model would generate, one forward pass per window (no
+  generation loop). Longer lists are ranked with a sliding window from the bottom up (RankGPT style).
+
+    >>> from rag.rerank import LLMPointwiseReranker
+    >>> reranker = LLMPointwiseReranker()                  # cheap: the model loads on first use
+    >>> reranker.rerank("what thins blood?", hits, k=5)    # doctest: +SKIP
+
+Every reranker returns new :class:`~rag.types.Hit` objects whose ``source`` is the reranker's name and
+whose ``score`` is its own score (for ``first``: ``n - position``, a rank score). Ties keep the input
+order. Scores in the incoming hits must be finite; a NaN or infinite score is an error naming the query
+and the chunk.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+from rag.errors import InputError
+from rag.registry import Component
+from rag.types import Hit
+
+IDENTIFIERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def check_hits(stage: str, query: str, hits: Sequence[Hit]) -> list[Hit]:
+    """``hits`` as a list, after checking every score is a finite number; errors name query and chunk."""
+    hits = list(hits)
+    for position, hit in enumerate(hits):
+        if not isinstance(hit, Hit):
+            raise InputError(f"{stage}: query {query!r}: item {position} is a {type(hit).__name__}, not a Hit")
+        score = hit.score
+        if not isinstance(score, (int, float)) or not math.isfinite(score):
+            raise InputError(
+                f"{stage}: query {query!r}: hit {position} (chunk {hit.chunk.id!r}) has score {score!r}; "
+                "scores must be finite numbers"
+            )
+    return hits
+
+
+def rank_by(hits: Sequence[Hit], scores: Sequence[float], source: str) -> list[Hit]:
+    """Hits rescored with ``scores``, best first; equal scores keep their input order (a stable sort)."""
+    order = sorted(range(len(hits)), key=lambda i: -scores[i])
+    return [Hit(chunk=hits[i].chunk, score=float(scores[i]), source=source) for i in order]
+
+
+class BaseReranker(Component):
+    """Rerankers implement :meth:`score` (one float per hit); ranking, ``k`` and checks come from here."""
+
+    role = "reranker"
+    name: str = ""
+
+    def score(self, query: str, hits: list[Hit]) -> list[float]:
+        raise NotImplementedError
+
+    def rerank(self, query: str, hits: list[Hit], k: int) -> list[Hit]:
+        """The best ``k`` of ``hits`` by this reranker's score (fewer if fewer hits are given)."""
+        if k < 1:
+            raise InputError(f"{self.name} reranker: k must be at least 1, got {k}")
+        hits = check_hits(f"{self.name} reranker", query, hits)
+        if not hits:
+            return []
+        scores = self.score(query, hits)
+        if len(scores) != len(hits):
+            raise RuntimeError(f"{self.name} reranker: got {len(scores)} scores for {len(hits)} hits")
+        for hit, value in zip(hits, scores):
+            if not math.isfinite(value):
+                raise InputError(f"{self.name} reranker: query {query!r}: chunk {hit.chunk.id!r} scored {value}")
+        return rank_by(hits, scores, self.name)[:k]
+
+    def rerank_many(self, queries: Sequence[str], hits: Sequence[list[Hit]], k: int) -> list[list[Hit]]:
+        """:meth:`rerank` for a batch of queries."""
+        if len(queries) != len(hits):
+            raise InputError(f"{self.name} reranker: {len(queries)} queries but {len(hits)} hit lists")
+        return [self.rerank(q, h, k) for q, h in zip(queries, hits)]
+
+    def __call__(self, query: str, hits: list[Hit], k: int) -> list[Hit]:
+        return self.rerank(query, hits, k)
+
+
+def passage_text(hit: Hit) -> str:
+    title = hit.chunk.title.strip()
+    return f"{title}\n{hit.chunk.text}" if title else hit.chunk.text
+
+
+# -- cross-encoder -------------------------------------------------------------------------------------
+
+
+class CrossEncoderReranker(BaseReranker):
+    """A sentence-transformers ``CrossEncoder`` (``model``: local folder or hub id) scores (query, passage).
+
+    No cross-encoder weights ship offline with specrag; the LLM rerankers are the offline choice.
+    """
+
+    def __init__(self, model: str = "cross-encoder/ms-marco-MiniLM-L6-v2", batch_size: int = 32,
+                 max_length: int = 512, name: str = "cross-encoder") -> None:
+        if batch_size < 1:
+            raise InputError(f"cross-encoder reranker: batch_size must be at least 1, got {batch_size}")
+        self.model = model
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.name = name
+        self._model: Any = None
+
+    def warm_up(self) -> None:
+        if self._model is None:
+            from rag.lazy import require
+
+            st = require("sentence_transformers", "dense")
+            self._model = st.CrossEncoder(self.model, device="cpu", max_length=self.max_length)
+
+    def score(self, query: str, hits: list[Hit]) -> list[float]:
+        self.warm_up()
+        pairs = [(query, passage_text(h)) for h in hits]
+        scores = self._model.predict(pairs, batch_size=self.batch_size, show_progress_bar=False,
+                                     convert_to_numpy=True)
+        return [float(s) for s in scores.reshape(len(hits), -1)[:, -1]]
+
+
+# -- LLM rerankers -----------------------------------------------------------------------------------
+
+
+class _LLMReranker(BaseReranker):
+    """Shared by the LLM rerankers: the model (loaded on first use) and passage truncation."""
+
+    model: str
+    max_passage_tokens: int
+
+    _lm: Any = None
+
+    @property
+    def lm(self) -> Any:
+        if self._lm is None:
+            from rag.lm import load_causal_lm
+
+            self._lm = load_causal_lm(self.model)
+        return self._lm
+
+    def warm_up(self) -> None:
+        self.lm  # noqa: B018 (loads the model)
+
+    def truncate(self, text: str) -> str:
+        """``text`` cut to ``max_passage_tokens`` tokens of the model's tokenizer."""
+        ids = self.lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) <= self.max_passage_tokens:
+            return text
+        return self.lm.tokenizer.decode(ids[: self.max_passage_tokens])
+
+    def single_token(self, text: str) -> int:
+        ids = self.lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            raise InputError(f"{self.name} reranker: {text!r} is {len(ids)} tokens for model {self.model!r}; "
+                             "it must be one token")
+        return ids[0]
+
+    def last_logits(self, batch: list[list[int]]) -> Any:
+        """Next-token logits after each sequence of ``batch`` (left-padded into one forward pass)."""
+        import torch
+
+        width = max(len(ids) for ids in batch)
+        pad = self.lm.tokenizer.pad_token_id
+        pad = pad if pad is not None else next(iter(self.lm.eos_token_ids), 0)
+        input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, ids in enumerate(batch):
+            input_ids[row, width - len(ids):] = torch.tensor(ids)
+            mask[row, width - len(ids):] = 1
+        # A plain forward pass does not derive positions from the mask: left padding needs them given.
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        with torch.inference_mode():
+            out = self.lm.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False,
+                                logits_to_keep=1)
+        return out.logits[:, -1].float()
+
+
+POINTWISE_SYSTEM = "You judge whether a passage is relevant to a search query. Answer with Yes or No only."
+POINTWISE_USER = "Query: {query}\n\nPassage: {passage}\n\nIs the passage relevant to the query? Answer Yes or No."
+
+
+class LLMPointwiseReranker(_LLMReranker):
+    """Relevance = ``logit("Yes") - logit("No")`` after a judging prompt, ``batch_size`` candidates per pass.
+
+    ``model``: a pack name (``qwen2.5-0.5b`` by default), local folder or hub id of a chat LM. Passages are
+    cut to ``max_passage_tokens`` tokens.
+    """
+
+    def __init__(self, model: str = "qwen2.5-0.5b", batch_size: int = 8, max_passage_tokens: int = 128,
+                 name: str = "llm-pointwise") -> None:
+        if batch_size < 1 or max_passage_tokens < 1:
+            raise InputError(f"llm-pointwise reranker: batch_size and max_passage_tokens must be at least 1, "
+                             f"got {batch_size} and {max_passage_tokens}")
+        self.model = model
+        self.batch_size = batch_size
+        self.max_passage_tokens = max_passage_tokens
+        self.name = name
+        self.forward_calls = 0
+
+    def prompt_ids(self, query: str, hit: Hit) -> list[int]:
+        user = POINTWISE_USER.format(query=query, passage=self.truncate(passage_text(hit)))
+        return self.lm.encode_chat([{"role": "system", "content": POINTWISE_SYSTEM},
+                                    {"role": "user", "content": user}])
+
+    def score(self, query: str, hits: list[Hit]) -> list[float]:
+        yes, no = self.single_token("Yes"), self.single_token("No")
+        prompts = [self.prompt_ids(query, h) for h in hits]
+        # Batches of similar lengths waste less compute on padding.
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        scores = [0.0] * len(prompts)
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start: start + self.batch_size]
+            logits = self.last_logits([prompts[i] for i in rows])
+            self.forward_calls += 1
+            for row, i in enumerate(rows):
+                scores[i] = float(logits[row, yes] - logits[row, no])
+        return scores
+
+
+FIRST_SYSTEM = "You are RankLLM, an assistant that ranks passages by their relevance to a query."
+FIRST_USER_HEAD = ("I will give you {n} passages, each labelled with an identifier in brackets. "
+                   "Rank them by relevance to the query: {query}\n\n")
+FIRST_USER_TAIL = ("\nQuery: {query}\nRank the {n} passages above by relevance to the query, most relevant "
+                   "first. Answer only with the identifiers in order, for example: {example}.")
+
+
+class FirstReranker(_LLMReranker):
+    """Listwise single-token reranking (FIRST): one forward pass ranks a window of up to ``window`` hits.
+
+    Candidates are labelled ``A``, ``B``, ... (single tokens); the order of the identifier logits at the
+    first answer position is the ranking. Lists longer than ``window`` are ranked by windows moving from
+    the bottom of the list to the top by ``stride`` (so the best hits rise to the top), as RankGPT and FIRST
+    do. The returned score of a hit is ``n - position`` (a rank, not a calibrated relevance).
+    """
+
+    def __init__(self, model: str = "qwen2.5-0.5b", window: int = 20, stride: int = 10,
+                 max_passage_tokens: int = 100, name: str = "first") -> None:
+        if not 2 <= window <= len(IDENTIFIERS):
+            raise InputError(f"first reranker: window must be between 2 and {len(IDENTIFIERS)}, got {window}")
+        if not 1 <= stride <= window:
+            raise InputError(f"first reranker: stride must be between 1 and the window ({window}), got {stride}")
+        if max_passage_tokens < 1:
+            raise InputError(f"first reranker: max_passage_tokens must be at least 1, got {max_passage_tokens}")
+        self.model = model
+        self.window = window
+        self.stride = stride
+        self.max_passage_tokens = max_passage_tokens
+        self.name = name
+        self.forward_calls = 0
+
+    def windows(self, n: int) -> list[tuple[int, int]]:
+        """The ``[start, end)`` spans ranked, in order: from the bottom of the list up."""
+        if n <= self.window:
+            return [(0, n)]
+        spans, end = [], n
+        while True:
+            start = max(0, end - self.window)
+            spans.append((start, end))
+            if start == 0:
+                return spans
+            end -= self.stride
+
+    def prompt_ids(self, query: str, hits: list[Hit]) -> list[int]:
+        labels = IDENTIFIERS[: len(hits)]
+        body = "".join(f"[{label}] {self.truncate(passage_text(h))}\n" for label, h in zip(labels, hits))
+        example = " > ".join(labels[: min(3, len(labels))])
+        user = (FIRST_USER_HEAD.format(n=len(hits), query=query) + body
+                + FIRST_USER_TAIL.format(n=len(hits), query=query, example=example))
+        return self.lm.encode_chat([{"role": "system", "content": FIRST_SYSTEM}, {"role": "user", "content": user}])
+
+    def rank_window(self, query: str, hits: list[Hit]) -> list[int]:
+        """Positions of ``hits`` in ranked order, from one forward pass."""
+        if len(hits) == 1:
+            return [0]
+        ids = [self.single_token(label) for label in IDENTIFIERS[: len(hits)]]
+        logits = self.last_logits([self.prompt_ids(query, hits)])[0]
+        self.forward_calls += 1
+        values = [float(logits[i]) for i in ids]
+        return sorted(range(len(hits)), key=lambda i: -values[i])
+
+    def score(self, query: str, hits: list[Hit]) -> list[float]:
+        order = list(range(len(hits)))  # order[p] = index into hits of the candidate now at position p
+        for start, end in self.windows(len(hits)):
+            span = order[start:end]
+            ranked = self.rank_window(query, [hits[i] for i in span])
+            order[start:end] = [span[p] for p in ranked]
+        scores = [0.0] * len(hits)
+        for position, i in enumerate(order):
+            scores[i] = float(len(hits) - position)
+        return scores
