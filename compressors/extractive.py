@@ -1,0 +1,165 @@
+"""Query-aware extractive compression: keep the sentences that best match the query, under a token budget.
+
+    >>> from compressors.extractive import ExtractiveCompressor
+    >>> comp = ExtractiveCompressor(rate=1 / 3)                      # cheap: models load on first use
+    >>> context = comp.compress("Who won?", hits)                    # doctest: +SKIP
+    >>> context.kept_tokens <= context.budget_tokens                 # doctest: +SKIP
+    True
+
+Sentences come from :func:`chunkers.text.sentence_units` (over-long ones are cut at lines, then words).
+Each is scored against the query by ``scorer``:
+
+- ``"dense"`` (default): cosine similarity of sentence-transformers embeddings (``model``: ``minilm``);
+- ``"cross-encoder"``: a sentence-transformers ``CrossEncoder`` at ``model`` (a path or hub id);
+- ``"reranker"``: any registered reranker (``reranker``: its name or spec, e.g. an LLM pointwise scorer),
+  which scores each sentence as if it were a hit.
+
+The best sentences that fit are kept, in their source order (RECOMP / "extractive beats pruning");
+``neighbours`` adds up to that many sentences either side of each kept one while the budget allows.
+Selective augmentation: sentences scoring below ``min_score`` are never kept, so when none clears it
+the context is empty (the generator then answers without passages).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+from compressors.base import (
+    DEFAULT_TOKENIZER,
+    BaseCompressor,
+    Piece,
+    Span,
+    TokenCounter,
+    Unit,
+    check_budget_params,
+    greedy,
+    keep_units,
+    units_in,
+)
+from rag.errors import InputError
+
+SCORERS = ("dense", "cross-encoder", "reranker")
+
+
+class ExtractiveCompressor(BaseCompressor):
+    """Keep the query's best sentences within the budget, in source order (see the module docstring)."""
+
+    def __init__(
+        self,
+        rate: float | None = None,
+        target_tokens: int | None = None,
+        scorer: str = "dense",
+        model: str = "minilm",
+        reranker: "str | Mapping[str, Any] | None" = None,
+        min_score: float | None = None,
+        neighbours: int = 0,
+        max_sentence_tokens: int = 64,
+        tokenizer: str = DEFAULT_TOKENIZER,
+    ) -> None:
+        check_budget_params("extractive", rate, target_tokens)
+        if scorer not in SCORERS:
+            raise InputError(f"extractive compressor: unknown scorer {scorer!r}; known: {', '.join(SCORERS)}")
+        if scorer == "reranker" and reranker is None:
+            raise InputError("extractive compressor: scorer 'reranker' needs reranker=<registered reranker name or spec>")
+        if neighbours < 0 or max_sentence_tokens < 1:
+            raise InputError(
+                f"extractive compressor: neighbours must be >= 0 and max_sentence_tokens >= 1, "
+                f"got {neighbours} and {max_sentence_tokens}"
+            )
+        self.rate = rate
+        self.target_tokens = target_tokens
+        self.scorer = scorer
+        self.model = model
+        self.reranker = reranker
+        self.min_score = min_score
+        self.neighbours = neighbours
+        self.max_sentence_tokens = max_sentence_tokens
+        self.tokenizer = tokenizer
+
+    def sentences(self, pieces: Sequence[Piece], counter: TokenCounter) -> tuple[list[tuple[int, int, int]], list[int]]:
+        """``(piece, start, end)`` of every sentence in the pieces' spans, and its length in tokens."""
+        from chunkers.text import sentence_units
+
+        limit = self.max_sentence_tokens
+
+        def split(text: str, spans: Sequence[Span]) -> list[Span]:
+            out: list[Span] = []
+            for a, b in spans:
+                sub = text[a:b]
+                sub_starts = counter.starts([sub])[0] if sub else []
+                out.extend((a + x, a + y) for x, y in sentence_units(sub, sub_starts, limit))
+            return out
+
+        return units_in(pieces, split, counter)
+
+    def score(self, query: str, texts: list[str]) -> list[float]:
+        """Relevance of each text to ``query`` by the configured scorer (higher is better)."""
+        if not texts:
+            return []
+        key = (query, tuple(texts))
+        if self.__dict__.get("_last", (None,))[0] != key:  # the same hits at several budgets score once
+            self._last = (key, self._score(query, texts))
+        return list(self._last[1])
+
+    def _score(self, query: str, texts: list[str]) -> list[float]:
+        if self.scorer == "dense":
+            from rag.encoders import SentenceEncoder
+
+            encoder = SentenceEncoder(self.model)
+            q = encoder.encode_queries([query])[0]
+            return [float(x) for x in encoder.encode_documents(texts) @ q]
+        if self.scorer == "cross-encoder":
+            return [float(x) for x in _cross_encoder(self.model).predict([(query, t) for t in texts])]
+        return _rerank_scores(self.reranker, query, texts)
+
+    def select(self, query: str, pieces: list[Piece], budget: int, counter: TokenCounter) -> list[Piece]:
+        found, tokens = self.sentences(pieces, counter)
+        texts = [pieces[p].chunk.text[a:b] for p, a, b in found]
+        scores = self.score(query, texts)
+        units = [Unit(p, a, b, s, t) for (p, a, b), s, t in zip(found, scores, tokens)]
+        eligible = [i for i, u in enumerate(units) if self.min_score is None or u.score >= self.min_score]
+        chosen = [eligible[i] for i in greedy([units[i] for i in eligible], budget)]
+        if self.neighbours:
+            chosen = self._add_neighbours(units, chosen, budget)
+        return keep_units(pieces, units, chosen)
+
+    def _add_neighbours(self, units: list[Unit], chosen: list[int], budget: int) -> list[int]:
+        """Add sentences next to kept ones (same piece, within ``neighbours``), best kept sentence first."""
+        kept, left = set(chosen), budget - sum(units[i].tokens for i in chosen)
+        for i in sorted(chosen, key=lambda i: -units[i].score):
+            for distance in range(1, self.neighbours + 1):
+                for j in (i - distance, i + distance):
+                    if 0 <= j < len(units) and j not in kept and units[j].piece == units[i].piece \
+                            and units[j].tokens <= left:
+                        kept.add(j)
+                        left -= units[j].tokens
+        return sorted(kept)
+
+
+def _cross_encoder(model: str) -> Any:
+    from rag.encoders import resolve_model_path
+    from rag.lazy import require
+
+    key = ("cross-encoder", model)
+    if key not in _CACHE:
+        st = require("sentence_transformers", "dense")
+        _CACHE[key] = st.CrossEncoder(resolve_model_path(model), device="cpu")
+    return _CACHE[key]
+
+
+def _rerank_scores(spec: "str | Mapping[str, Any]", query: str, texts: list[str]) -> list[float]:
+    """Scores from a registered reranker, each sentence posing as a hit (one chunk per sentence)."""
+    from rag.registry import build
+    from rag.types import Chunk, Hit
+
+    key = ("reranker", repr(spec))
+    if key not in _CACHE:
+        _CACHE[key] = build("reranker", spec)
+    hits = [Hit(Chunk(f"s{i}", "sentences", t, 0, len(t)), 0.0, "extractive") for i, t in enumerate(texts)]
+    ranked = _CACHE[key].rerank(query, hits, len(hits))
+    by_id = {h.chunk.id: float(h.score) for h in ranked}
+    floor = min(by_id.values(), default=0.0) - 1.0  # a reranker that cut some sentences: they rank last
+    return [by_id.get(f"s{i}", floor) for i in range(len(texts))]
+
+
+_CACHE: dict[tuple[str, str], Any] = {}

@@ -1,0 +1,43 @@
+"""``specrag eval compression`` on a tiny QA folder written under tmp_path (no generation)."""
+
+from __future__ import annotations
+
+import json
+
+from eval.compression import clean_answer, compression_command, add_compression_parser
+
+
+def test_clean_answer_drops_citations_and_later_lines():
+    assert clean_answer("Denver Broncos [1, 2].\nMore") == "Denver Broncos."
+    assert clean_answer(" [3] ") == ""
+
+
+def test_command_prints_the_json_line(tmp_path, capsys):
+    import argparse
+
+    folder = tmp_path / "tiny-qa"
+    folder.mkdir()
+    corpus = [
+        {"_id": "p1", "title": "Super Bowl", "text": "Super Bowl 50 was a game. The Denver Broncos won it 24-10. "
+                                                      "It was played in Santa Clara."},
+        {"_id": "p2", "title": "Cells", "text": "Mitochondria produce ATP. They are the powerhouse of the cell."},
+    ]
+    queries = [
+        {"_id": "q1", "text": "Who won Super Bowl 50?", "answers": ["Denver Broncos"]},
+        {"_id": "q2", "text": "What do mitochondria produce?", "answers": ["ATP"]},
+    ]
+    (folder / "corpus.jsonl").write_text("\n".join(json.dumps(r) for r in corpus) + "\n")
+    (folder / "queries.jsonl").write_text("\n".join(json.dumps(r) for r in queries) + "\n")
+    parser = argparse.ArgumentParser()
+    add_compression_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["compression", "--data", str(folder), "--rates", "1,2", "--compressors",
+                              "none,extractive", "--no-generate", "--k", "2", "--threads", "2"])
+    assert compression_command(args) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["dataset"] == "tiny-qa"
+    rows = {(r["compressor"], r["rate_requested"]): r for r in result["results"]}
+    assert set(rows) == {("none", 1.0), ("extractive", 1.0), ("extractive", 2.0)}
+    assert set(rows["none", 1.0]) == {"compressor", "rate_requested", "rate_achieved", "span_retention", "em", "f1",
+                                      "answer_seconds"}
+    assert rows["none", 1.0]["span_retention"] == 1.0 and rows["extractive", 1.0]["rate_achieved"] == 1.0
+    assert rows["extractive", 2.0]["rate_achieved"] >= 2.0 and rows["none", 1.0]["em"] is None

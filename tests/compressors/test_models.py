@@ -1,0 +1,131 @@
+"""The compressors with real small models: MiniLM scoring, SmolLM2 surprisal, tiny random classifiers."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from compressors.extractive import ExtractiveCompressor
+from compressors.pruning import ClassifierCompressor, SurprisalCompressor
+from rag.registry import build
+from tests.compressors.conftest import WORDS, check_context, hits_of
+
+PASSAGES = [
+    "Super Bowl 50 was an American football game. The Denver Broncos defeated the Carolina Panthers 24-10. "
+    "The game was played at Levi's Stadium in Santa Clara, California.",
+    "Photosynthesis converts light energy into chemical energy. Plants store it in glucose.",
+    "Mitochondria produce ATP for the cell. They are often called the powerhouse of the cell.",
+]
+QUESTION = "Who won Super Bowl 50?"
+few = settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+words_text = st.lists(st.sampled_from(WORDS), min_size=1, max_size=40).map(" ".join)
+
+
+def test_extractive_keeps_the_answer_sentence_first():
+    hits = hits_of(PASSAGES)
+    context = ExtractiveCompressor(target_tokens=30).compress(QUESTION, hits)
+    check_context(context, hits, 30)
+    assert "Super Bowl 50" in context.text and "Denver Broncos defeated" in context.text
+    assert context.passages[0].chunk.id == "c0"
+
+
+def test_selective_augmentation_returns_an_empty_context():
+    hits = hits_of(PASSAGES)
+    context = ExtractiveCompressor(rate=1.0, min_score=0.99).compress(QUESTION, hits)
+    assert context.passages == () and context.kept_tokens == 0 and context.original_tokens > 0
+
+
+@few
+@given(chunks=st.lists(words_text, max_size=3), rate=st.floats(0.0, 1.0))
+def test_dense_extractive_budget_holds_for_any_input(chunks, rate):
+    hits = hits_of(chunks)
+    check_context(ExtractiveCompressor(rate=rate, neighbours=1).compress(QUESTION, hits), hits)
+
+
+def test_surprisal_drops_predictable_words_first_and_keeps_names():
+    hits = hits_of(PASSAGES[:1])
+    context = SurprisalCompressor(rate=0.5).compress(QUESTION, hits)
+    check_context(context, hits)
+    kept = context.text.split()
+    assert "Broncos" in kept or "Denver" in kept
+    original = PASSAGES[0].split()
+    assert kept.count("the") < original.count("the")
+
+
+def test_surprisal_windows_and_batches_give_the_same_budgeted_result_shape():
+    long_text = " ".join(PASSAGES * 2)
+    hits = hits_of([long_text, PASSAGES[1]])
+    small = SurprisalCompressor(rate=0.3, window_tokens=32, context_tokens=8, batch_size=3).compress(QUESTION, hits)
+    check_context(small, hits)
+    assert small.kept_tokens >= 0.9 * small.budget_tokens  # the budget is filled closely
+
+
+@few
+@given(chunks=st.lists(words_text, max_size=3), rate=st.floats(0.0, 1.0))
+def test_surprisal_budget_holds_for_any_input(chunks, rate):
+    hits = hits_of(chunks)
+    check_context(SurprisalCompressor(rate=rate, window_tokens=16, context_tokens=4).compress(QUESTION, hits), hits)
+
+
+def test_extractive_then_surprisal_preset():
+    hits = hits_of(PASSAGES)
+    composed = build("compressor", {"type": "extractive+surprisal", "params": {"rate": 0.25}})
+    context = composed.compress(QUESTION, hits)
+    check_context(context, hits)
+    assert context.passages and context.passages[0].chunk.id == "c0"
+    assert context.compressor == "compose"
+
+
+def _tiny_bert(tmp_path, head: str, num_labels: int):
+    """A randomly initialised 2-layer BERT with MiniLM's tokenizer, saved under tmp_path."""
+    import torch
+    import transformers
+
+    from rag.models import resolve_model
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=64, num_labels=num_labels,
+    )
+    model = getattr(transformers, head)(config)
+    folder = tmp_path / head
+    model.save_pretrained(folder)
+    source = resolve_model("minilm")
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(f"{source}/{name}", folder / name)
+    return str(folder)
+
+
+def test_classifier_with_a_tiny_random_model(tmp_path):
+    path = _tiny_bert(tmp_path, "BertForTokenClassification", 2)
+    hits = hits_of([" ".join(PASSAGES * 3), PASSAGES[2]])  # longer than the 64 positions: windows
+    comp = build("compressor", {"type": "classifier", "params": {"model": path, "rate": 0.4, "batch_size": 2}})
+    context = comp.compress(QUESTION, hits)
+    check_context(context, hits)
+    assert 0.3 <= context.rate <= 0.4
+    assert ClassifierCompressor(model=path, rate=0.0).compress(QUESTION, hits).passages == ()
+
+
+def test_cross_encoder_scorer_with_a_tiny_random_model(tmp_path):
+    pytest.importorskip("sentence_transformers")
+    path = _tiny_bert(tmp_path, "BertForSequenceClassification", 1)
+    hits = hits_of(PASSAGES)
+    context = ExtractiveCompressor(target_tokens=30, scorer="cross-encoder", model=path).compress(QUESTION, hits)
+    check_context(context, hits, 30)
+    assert context.passages
+
+
+def test_pipeline_hands_its_budget_to_the_compressor(tmp_path):
+    from rag.pipeline import Pipeline
+    from rag.types import Document
+
+    pipe = Pipeline(chunker={"type": "sentence", "params": {"max_tokens": 64}}, compressor="extractive",
+                    generator=None, budget_tokens=12)
+    pipe.ingest([Document(text=t, id=f"d{i}") for i, t in enumerate(PASSAGES)])
+    answer = pipe.ask(QUESTION)
+    (record,) = [r for r in answer.trace.stages if r.stage == "compress"]
+    assert 0 < record.tokens_out <= 12 < record.tokens_in
