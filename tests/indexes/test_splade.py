@@ -1,0 +1,272 @@
+"""SpladeEncoder and SpladeIndex with the real splade-tiny pack and a real Lucene impact index: no mocks.
+
+The model loads once per session and the JVM starts once (the first test that touches Lucene pays for it).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from indexes.splade import SpladeEncoder, SpladeIndex, quantize
+from rag.errors import FormatVersionError, InputError
+from rag.registry import build
+from rag.types import Chunk, Hit
+
+ROOT = Path(__file__).resolve().parents[2]
+
+DOCS = {
+    "aspirin": ("Aspirin", "Aspirin reduces the risk of blood clots by inhibiting platelets."),
+    "paris": ("France", "Paris is the capital and largest city of France."),
+    "python": ("Programming", "Python is a programming language that emphasises readability."),
+    "ocean": ("", "The Pacific is the largest and deepest ocean on Earth."),
+    "insulin": ("Diabetes", "Insulin lowers blood glucose by helping cells absorb sugar."),
+    "violin": ("Music", "A violin has four strings and is played with a bow."),
+    "clots": ("Blood clots", "Clotting of blood stops bleeding; platelets and fibrin form the clot."),
+    "glucose": ("Glucose", "Glucose is a sugar; cells burn glucose for energy."),
+}
+QUERIES = ["blood clots and platelets", "capital of France", "deepest ocean", "glucose for energy", "violin music"]
+
+
+def make_chunks(keys: list[str]) -> list[Chunk]:
+    return [
+        Chunk(id=f"{key}#0", doc_id=key, text=text, start=0, end=len(text), title=title, metadata={"k": key})
+        for key, (title, text) in ((k, DOCS[k]) for k in keys)
+    ]
+
+
+def ranked(results: list[list[Hit]]) -> list[list[tuple[str, float]]]:
+    return [[(h.chunk.id, h.score) for h in hits] for hits in results]
+
+
+@pytest.fixture(scope="module")
+def encoder() -> SpladeEncoder:
+    return SpladeEncoder()
+
+
+@pytest.fixture(scope="module")
+def built() -> SpladeIndex:
+    """Read-only: tests that change an index build their own."""
+    idx = SpladeIndex()
+    idx.add(make_chunks(list(DOCS)))
+    return idx
+
+
+# -- the encoder -------------------------------------------------------------------------------------
+
+
+def test_encoder_rows_are_nonnegative_sparse_in_input_order_and_independent_of_batching(encoder: SpladeEncoder) -> None:
+    texts = [text for _, text in DOCS.values()] + ["bow"]
+    batched = encoder.encode_documents(texts)
+    assert batched.shape == (len(texts), 30522) == (len(texts), encoder.vocab_size)
+    assert batched.dtype == np.float32 and batched.format == "csr"
+    assert batched.data.min() > 0 and 0 < batched.nnz < 0.05 * batched.shape[0] * batched.shape[1]
+    # Each text alone (no padding) gives the same row as inside a padded, length-sorted batch.
+    one_by_one = SpladeEncoder(batch_size=1)
+    for row, text in enumerate(texts):
+        np.testing.assert_allclose(batched[row].toarray(), one_by_one.encode_documents([text]).toarray(), atol=1e-5)
+    queries = encoder.encode_queries(QUERIES)
+    assert queries.shape == (len(QUERIES), 30522) and queries.dtype == np.float32
+    assert encoder.encode_queries([]).shape == (0, 30522)
+    with pytest.raises(InputError, match="queries item 1 is a int"):
+        encoder.encode_queries(["fine", 3])  # type: ignore[list-item]
+
+
+def test_weights_are_max_pooled_log_saturated_logits_over_unpadded_tokens(encoder: SpladeEncoder) -> None:
+    import torch
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    from rag.models import resolve_model
+
+    path = resolve_model("splade-tiny")
+    tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModelForMaskedLM.from_pretrained(path).eval()
+    texts = ["bow", DOCS["clots"][1]]  # the short one is padded to the long one's length
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        saturated = torch.log1p(torch.relu(model(**batch).logits))
+    mask = batch["attention_mask"].unsqueeze(-1)
+    reference = (saturated * mask).amax(dim=1).numpy()  # SPLADE's max pooling over real tokens
+    got = encoder.encode_documents(texts).toarray()
+    np.testing.assert_allclose(got, reference, atol=1e-5)
+    # The mask matters: pooling over the padding too gives a different vector for the short text.
+    assert not np.allclose(saturated.amax(dim=1).numpy()[0], reference[0], atol=1e-3)
+    truncated = SpladeEncoder(max_length=4).encode_documents([texts[1]]).toarray()
+    first_two = tokenizer.decode(batch["input_ids"][1][1:3])  # max_length 4 keeps [CLS], two tokens, [SEP]
+    np.testing.assert_allclose(truncated, encoder.encode_documents([first_two]).toarray(), atol=1e-5)
+
+
+def test_explain_lists_the_heaviest_query_terms(built: SpladeIndex) -> None:
+    terms = built.explain("capital of France", top=5)
+    assert len(terms) == 5 and all(type(t) is str and type(w) is float and w > 0 for t, w in terms)
+    assert [w for _, w in terms] == sorted((w for _, w in terms), reverse=True)
+    assert {"capital", "france"} <= {t for t, _ in terms}
+    everything = built.explain("capital of France", top=10_000)
+    assert everything[:5] == terms and len(everything) == built.encoder.encode_queries(["capital of France"]).nnz
+    with pytest.raises(InputError, match="top must be at least 1"):
+        built.explain("x", top=0)
+    with pytest.raises(InputError, match="one query str"):
+        built.explain(["x"])  # type: ignore[arg-type]
+
+
+# -- the impact index --------------------------------------------------------------------------------
+
+
+def test_lucene_impact_scores_equal_the_exact_dot_product_of_quantised_vectors(
+    built: SpladeIndex, encoder: SpladeEncoder
+) -> None:
+    chunks = make_chunks(list(DOCS))
+    documents = quantize(encoder.encode_documents([built.text_of(c) for c in chunks]), built.scale)
+    queries = built.query_vectors(QUERIES)
+    assert queries.dtype == np.int32 and queries.data.min() >= 1
+    exact = (queries @ documents.T).toarray()  # integers
+    results = built.search(QUERIES, k=len(DOCS))
+    for row, hits in zip(exact, results):
+        expected = sorted(((c.id, s) for c, s in zip(chunks, row.tolist()) if s > 0), key=lambda p: (-p[1], p[0]))
+        assert [(h.chunk.id, h.score) for h in hits] == [(cid, s / built.scale**2) for cid, s in expected]
+        for hit in hits:
+            assert type(hit) is Hit and type(hit.score) is float and type(hit.chunk.id) is str
+            assert hit.source == "splade" and hit.chunk.metadata == {"k": hit.chunk.doc_id}
+    assert [hits[0].chunk.doc_id for hits in results] == ["aspirin", "paris", "ocean", "glucose", "violin"]
+    assert ranked(built.search(QUERIES[1:2], k=3)) == ranked([results[1][:3]])  # the single-query path
+
+
+def test_queries_k_and_empty_indexes(built: SpladeIndex) -> None:
+    assert built.search([], k=3) == []
+    empty = SpladeIndex(name="empty")
+    assert len(empty) == 0 and empty.search(["anything"], k=3) == [[]]
+    empty.add([])
+    assert len(built.search(["blood"], k=1)[0]) == 1
+    with pytest.raises(InputError, match="k must be at least 1"):
+        built.search(["blood"], k=0)
+    with pytest.raises(InputError, match="query 1 is a int"):
+        built.search(["blood", 3], k=1)  # type: ignore[list-item]
+    # Lucene query syntax means nothing here: queries are vectors.
+    assert built.search(['blood AND (clots OR "platelets") *:* ~2 \\'], k=1)[0][0].chunk.doc_id == "clots"
+
+
+def test_duplicate_ids_and_a_failed_add_leave_the_index_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
+    import indexes.splade as splade
+
+    idx = SpladeIndex()
+    idx.add(make_chunks(list(DOCS)[:5]))
+    before = ranked(idx.search(QUERIES, k=3))
+    with pytest.raises(InputError, match=r"'paris#0' is already in the index"):
+        idx.add(make_chunks(["paris"]))
+    with pytest.raises(InputError, match=r"'violin#0' appears twice"):
+        idx.add(make_chunks(["violin", "violin"]))
+
+    def broken() -> None:
+        raise RuntimeError("indexer crashed")
+
+    monkeypatch.setattr(splade, "_index_collection", broken)
+    with pytest.raises(RuntimeError, match="indexer crashed"):
+        idx.add(make_chunks(["violin"]))
+    assert len(idx) == 5 and "violin#0" not in idx and ranked(idx.search(QUERIES, k=3)) == before
+
+
+def test_add_in_steps_equals_one_go_and_deleted_ids_never_come_back(built: SpladeIndex) -> None:
+    keys = list(DOCS)
+    idx = SpladeIndex()
+    idx.add(make_chunks(keys[:3]))
+    idx.add(make_chunks(keys[3:]))
+    assert len(idx) == len(DOCS) and ranked(idx.search(QUERIES, k=5)) == ranked(built.search(QUERIES, k=5))
+    assert idx.delete(["clots#0", "no-such-id", "clots#0"]) == 1 and idx.delete(["clots#0"]) == 0
+    assert len(idx) == len(DOCS) - 1 and "clots#0" not in idx
+    every = idx.search(QUERIES + ["clot clotting fibrin bleeding"], k=100)
+    assert all(h.chunk.id != "clots#0" for hits in every for h in hits)
+    expected = [[(c, s) for c, s in row if c != "clots#0"][:5] for row in ranked(built.search(QUERIES, k=8))]
+    assert ranked(idx.search(QUERIES, k=5)) == expected
+    idx.add(make_chunks(["clots"]))  # a deleted id may be added again
+    assert idx.search(["fibrin"], k=1)[0][0].chunk.id == "clots#0"
+
+
+SEARCH_IN_CHILD = """
+import json, sys
+import torch
+torch.set_num_threads(1)
+from indexes.splade import SpladeIndex
+index = SpladeIndex.open(sys.argv[1])
+results = index.search(json.loads(sys.argv[2]), k=4)
+print(json.dumps([[(h.chunk.id, h.score, h.chunk.to_dict()) for h in hits] for hits in results]))
+"""
+
+
+def test_save_then_load_gives_identical_results_in_a_fresh_object_and_process(tmp_path: Path) -> None:
+    idx = SpladeIndex(name="sp")
+    idx.add(make_chunks(list(DOCS)))
+    idx.delete(["violin#0"])
+    idx.save(tmp_path / "ix")
+    assert sorted(p.name for p in (tmp_path / "ix").iterdir()) == ["chunks.jsonl", "lucene", "manifest.json"]
+    manifest = json.loads((tmp_path / "ix" / "manifest.json").read_text())
+    assert manifest["kind"] == "splade" and manifest["format_version"] == 1 and manifest["component"] == idx.to_config()
+    assert manifest["scale"] == 100 and "round(weight * scale)" in manifest["quantisation"]
+    assert manifest["model"] == "splade-tiny"
+    assert manifest["count"] == manifest["lucene_documents"] == len(DOCS) - 1
+    assert "lucene/write.lock" not in manifest["files"]
+    expected = idx.search(QUERIES, k=4)
+
+    loaded = SpladeIndex(name="sp")
+    loaded.load(tmp_path / "ix")
+    assert ranked(loaded.search(QUERIES, k=4)) == ranked(expected)
+    child = subprocess.run(
+        [sys.executable, "-c", SEARCH_IN_CHILD, str(tmp_path / "ix"), json.dumps(QUERIES)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert child.returncode == 0, child.stderr[-2000:]
+    got = json.loads(child.stdout.strip().splitlines()[-1])
+    assert [[tuple(h) for h in hits] for hits in got] == [
+        [(h.chunk.id, h.score, h.chunk.to_dict()) for h in hits] for hits in expected
+    ]
+
+    loaded.add(make_chunks(["violin"]))  # a loaded index grows; the saved files stay as they were
+    assert loaded.search(["violin strings"], k=1)[0][0].chunk.id == "violin#0"
+    assert all(h.chunk.id != "violin#0" for h in SpladeIndex.open(tmp_path / "ix").search(["violin strings"], k=10)[0])
+
+    SpladeIndex().save(tmp_path / "empty")
+    assert len(SpladeIndex.open(tmp_path / "empty")) == 0
+
+
+def test_other_format_version_or_settings_are_refused(built: SpladeIndex, tmp_path: Path) -> None:
+    built.save(tmp_path / "ix")
+    with pytest.raises(InputError, match=r"saved with scale=100.*scale=10.*SpladeIndex\.open"):
+        SpladeIndex(scale=10).load(tmp_path / "ix")
+    with pytest.raises(InputError, match="holds a 'splade' index, not a 'bm25' index"):
+        from indexes.bm25 import BM25Index
+
+        BM25Index().load(tmp_path / "ix")
+    path = tmp_path / "ix" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["format_version"] = 2
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(FormatVersionError, match=r"version 2.*version 1"):
+        SpladeIndex().load(tmp_path / "ix")
+    with pytest.raises(FormatVersionError):
+        SpladeIndex.open(tmp_path / "ix")
+
+
+def test_bad_parameters_and_config_round_trip() -> None:
+    with pytest.raises(InputError, match="scale must be a positive int"):
+        SpladeIndex(scale=0)
+    with pytest.raises(InputError, match="scale must be a positive int"):
+        SpladeIndex(scale=0.5)  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="batch_size >= 1"):
+        SpladeIndex(batch_size=0)
+    idx = SpladeIndex(
+        model="splade-tiny", scale=50, max_length=256, batch_size=8, include_title=False, threads=2, name="mine"
+    )
+    config = idx.to_config()
+    assert config == {
+        "type": "splade",
+        "params": {
+            "model": "splade-tiny", "scale": 50, "max_length": 256, "batch_size": 8,
+            "include_title": False, "threads": 2, "name": "mine",
+        },
+    }
+    assert build("index", json.loads(json.dumps(config))) == idx and build("index", "splade") == SpladeIndex()
+    chunk = make_chunks(["paris"])[0]
+    assert SpladeIndex().text_of(chunk) == "France " + chunk.text and idx.text_of(chunk) == chunk.text
