@@ -14,12 +14,19 @@ from typing import Any, Callable
 COMMANDS: list[str] = [
     "eval.retrieval:add_eval_parser",
     "rag.models.cli:add_models_parser",
+    "rag.bench_generate:add_bench_parser",
+    "eval.retrieval:add_fit_filter_parser",
+    "eval.data_info:add_data_parser",
 ]
 
 # Subcommands of ``specrag eval``.
 EVAL_COMMANDS: list[str] = [
     "eval.retrieval:add_retrieval_parser",
     "eval.chunking:add_chunking_parser",
+    "eval.compression:add_compression_parser",
+    "eval.rag_eval:add_rag_parser",
+    "eval.compare:add_compare_parser",
+    "eval.check:add_check_parser",
 ]
 
 

@@ -44,6 +44,17 @@ class GroundedGenerator(Component):
     ``model`` is a pack name (``qwen2.5-0.5b`` by default), a local path or a hub id. Decoding is greedy
     unless ``temperature`` > 0 (then seeded sampling). ``stop`` strings end the answer early.
 
+    Speculative decoding (:mod:`rag.speculative`) is on by default when it is lossless, that is for greedy
+    decoding, where its output is token-identical to plain decoding: ``speculative=None`` means "when
+    greedy", ``True`` also speculates when sampling (distribution-preserving, not token-identical to
+    plain sampling), ``False`` turns it off. ``drafters`` names the drafters (``"sam"``, ``"ngram"``,
+    ``"model"``; several are combined) and ``draft_model`` the model behind ``"model"`` (it must share the
+    target's tokenizer; naming one adds ``"model"``). ``width_costs`` is the verification-width cost table
+    (:func:`rag.speculative.measure_width_costs`). ``reuse_prefix`` keeps the KV cache of the fixed
+    system prompt and copies it for each question. ``quantize="int8"`` applies dynamic int8 quantisation to
+    the target (faster but lossy: answers change); ``draft_quantize="int8"`` to the draft model only
+    (lossless: it only changes which drafts are accepted).
+
         >>> gen = GroundedGenerator(max_new_tokens=64)                      # doctest: +SKIP
         >>> answer = gen.generate("What caches calls?", Context.from_hits(hits))  # doctest: +SKIP
     """
@@ -59,11 +70,21 @@ class GroundedGenerator(Component):
         stop: list[str] | None = None,
         system_prompt: str = DEFAULT_SYSTEM_PROMPT,
         complete_citations: bool = True,
+        speculative: bool | None = None,
+        drafters: list[str] | None = None,
+        draft_model: str | None = None,
+        width_costs: dict[int, float] | None = None,
+        reuse_prefix: bool = True,
+        quantize: str | None = None,
+        draft_quantize: str | None = None,
     ) -> None:
         if max_new_tokens < 1:
             raise InputError(f"grounded generator: max_new_tokens must be at least 1, got {max_new_tokens}")
         if temperature < 0:
             raise InputError(f"grounded generator: temperature must be >= 0, got {temperature}")
+        for name, value in (("quantize", quantize), ("draft_quantize", draft_quantize)):
+            if value not in (None, "int8"):
+                raise InputError(f"grounded generator: {name} must be None or 'int8', got {value!r}")
         self.model = model
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
@@ -71,6 +92,25 @@ class GroundedGenerator(Component):
         self.stop = list(stop or [])
         self.system_prompt = system_prompt
         self.complete_citations = complete_citations
+        self.speculative = speculative
+        self.drafters = list(drafters) if drafters is not None else ["sam", "ngram"]
+        self.draft_model = draft_model
+        self.width_costs = {int(k): float(v) for k, v in width_costs.items()} if width_costs else None
+        self.reuse_prefix = reuse_prefix
+        self.quantize = quantize
+        self.draft_quantize = draft_quantize
+        if self.drafters:
+            from rag.drafters import build_drafter
+
+            names = self.drafters + (["model"] if draft_model and "model" not in self.drafters else [])
+            build_drafter(names, draft_lm=object())  # check the names now, not at the first question
+        self._prefix: tuple[list[int], object] | None = None  # cached system-prompt KV: (tokens, session)
+        self._tracker = None
+
+    def uses_speculation(self) -> bool:
+        """Whether answers are decoded speculatively with these settings."""
+        wanted = self.temperature == 0 if self.speculative is None else self.speculative
+        return bool(wanted and self.drafters)
 
     def messages(self, query: str, context: Context) -> list[dict[str, str]]:
         """The chat sent to the model: system instructions, then passages and the question."""
@@ -79,23 +119,62 @@ class GroundedGenerator(Component):
         )
         return [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": user}]
 
+    def prefix_ids(self, lm) -> list[int]:
+        """Tokens every prompt of this generator starts with (system prompt, template, "Passages:")."""
+        renders = [lm.encode_chat([{"role": "system", "content": self.system_prompt},
+                                   {"role": "user", "content": f"Passages:\n\n[{marker}] x"}]) for marker in (1, 7)]
+        from rag.lm import common_prefix
+
+        return renders[0][: common_prefix(*renders)]
+
+    def session(self, lm):
+        """A decode session for a new question: a copy of the cached system-prompt prefix when enabled."""
+        from rag.lm import DecodeSession
+
+        if not self.reuse_prefix:
+            return DecodeSession(lm)
+        if self._prefix is None or self._prefix[1].lm is not lm:
+            prefix = DecodeSession(lm)
+            ids = self.prefix_ids(lm)
+            if ids:
+                prefix.feed(ids)
+            self._prefix = (ids, prefix)
+        return self._prefix[1].copy()
+
     def generate(self, query: str, context: Context, on_text: Callable[[str], None] | None = None) -> Answer:
         """Answer ``query`` from ``context``; ``on_text`` receives text as it is decoded (streaming)."""
-        from rag.lm import DecodeSession, DecodeStats, TextStream, decode, load_causal_lm
+        from rag.lm import TextStream, decode, load_causal_lm
+        from rag.speculative import AcceptanceTracker, SpecStats, WidthPolicy, speculative_decode
 
         trace = Trace()
         started = time.perf_counter()
-        lm = load_causal_lm(self.model)
+        lm = load_causal_lm(self.model, quantize=self.quantize)
+        speculate = self.uses_speculation()
+        drafter = None
+        if speculate:
+            from rag.drafters import build_drafter
+
+            names = self.drafters + (["model"] if self.draft_model and "model" not in self.drafters else [])
+            draft_lm = load_causal_lm(self.draft_model, quantize=self.draft_quantize) if "model" in names else None
+            drafter = build_drafter(names, draft_lm=draft_lm)
+            if self._tracker is None:
+                self._tracker = AcceptanceTracker()
         load_seconds = time.perf_counter() - started
         prompt_ids = lm.encode_chat(self.messages(query, context))
-        stats = DecodeStats()
+        stats = SpecStats()
         stream = TextStream(lm.tokenizer)
-        session = DecodeSession(lm)
+        started = time.perf_counter()
+        session = self.session(lm)
+        if speculate:
+            tokens = speculative_decode(lm, prompt_ids, drafter, max_new_tokens=self.max_new_tokens,
+                                        temperature=self.temperature, seed=self.seed, stats=stats, session=session,
+                                        policy=WidthPolicy(self.width_costs), tracker=self._tracker)
+        else:
+            tokens = decode(lm, prompt_ids, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+                            seed=self.seed, stats=stats, session=session)
         text = ""
         cut = None
-        started = time.perf_counter()
-        for token in decode(lm, prompt_ids, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
-                            seed=self.seed, stats=stats, session=session):
+        for token in tokens:
             delta = stream.push(token)
             text += delta
             cut = _stop_at(text, self.stop)
@@ -106,19 +185,25 @@ class GroundedGenerator(Component):
                 on_text(delta)
             if cut is not None:
                 break
+        tokens.close()
         completed = None
         if self.complete_citations and cut is None and context.passages and not parse_citations(text, context):
-            completed = _complete_citation(session, len(context.passages))
+            completed = _complete_citation(session, prompt_ids + stream.ids, len(context.passages))
             if completed is not None:
                 text = f"{text.rstrip()} [{completed}]"
                 if on_text:
                     on_text(f" [{completed}]")
+        extra = {"prefill_seconds": stats.prefill_seconds, "decode_seconds": stats.decode_seconds,
+                 "tokens_per_second": stats.tokens_per_second, "first_token_seconds": stats.first_token_seconds,
+                 "reused_prompt_tokens": stats.reused_prompt_tokens, "load_seconds": load_seconds,
+                 "model": self.model, "quantize": self.quantize, "citation_completed": completed is not None,
+                 "speculative": speculate}
+        extra.update(stats.as_dict())
+        if speculate:
+            extra["drafters"] = list(self.drafters)
         trace.add(StageRecord(
             stage="generate", seconds=time.perf_counter() - started, n_in=len(context.passages), n_out=1,
-            tokens_in=stats.prompt_tokens, tokens_out=stats.new_tokens,
-            extra={"prefill_seconds": stats.prefill_seconds, "decode_seconds": stats.decode_seconds,
-                   "tokens_per_second": stats.tokens_per_second, "load_seconds": load_seconds, "model": self.model,
-                   "citation_completed": completed is not None},
+            tokens_in=stats.prompt_tokens, tokens_out=stats.new_tokens, extra=extra,
         ))
         text = text.strip()
         return Answer(text=text, citations=parse_citations(text, context), hits=[], trace=trace)
@@ -146,7 +231,7 @@ class GroundedGenerator(Component):
             raise failure[0]
 
 
-def _complete_citation(session, n_passages: int) -> int | None:
+def _complete_citation(session, sequence: list[int], n_passages: int) -> int | None:
     """Ask the model which passage it used when it answered without citing one.
 
     Small models often answer correctly but forget the marker. The answer is already in the KV cache, so
@@ -157,7 +242,7 @@ def _complete_citation(session, n_passages: int) -> int | None:
     import torch
 
     tokenizer = session.lm.tokenizer
-    logits = session.feed(tokenizer(" [", add_special_tokens=False)["input_ids"])
+    logits = session.prefill(sequence + tokenizer(" [", add_special_tokens=False)["input_ids"])
     digits = ""
     for _ in range(3):
         piece = tokenizer.decode([int(torch.argmax(logits))])

@@ -32,14 +32,29 @@ _REGISTRY: dict[str, dict[str, str]] = {
         "splade": "indexes.splade:SpladeIndex",
         "late": "indexes.late:LateInteractionIndex",
         "late-rerank": "indexes.late:LateRerankIndex",
+        "sharded": "indexes.sharded:ShardedIndex",
     },
     "reranker": {
         "maxsim": "indexes.late:MaxSimReranker",
+        "cross-encoder": "rag.rerank:CrossEncoderReranker",
+        "llm-pointwise": "rag.rerank:LLMPointwiseReranker",
+        "first": "rag.rerank:FirstReranker",
     },
     "filter": {
         "top-k": "rag.filters:TopKFilter",
+        "topk": "rag.filters:TopKFilter",
+        "threshold": "rag.filters:ThresholdFilter",
+        "score-drop": "rag.filters:ScoreDropFilter",
+        "calibrated": "rag.calibration:CalibratedFilter",
+        "mmr": "rag.filters:MMRFilter",
+        "reorder": "rag.filters:ReorderFilter",
     },
-    "compressor": {},
+    "compressor": {
+        "extractive": "compressors.extractive:ExtractiveCompressor",
+        "surprisal": "compressors.pruning:SurprisalCompressor",
+        "classifier": "compressors.pruning:ClassifierCompressor",
+        "compose": "compressors.compose:ComposeCompressor",
+    },
     "generator": {
         "grounded": "rag.generate:GroundedGenerator",
     },
@@ -58,7 +73,9 @@ _PRESETS: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
     },
     "reranker": {},
     "filter": {},
-    "compressor": {},
+    "compressor": {
+        "extractive+surprisal": ("compose", {"steps": ["extractive", "surprisal"]}),
+    },
     "generator": {},
 }
 

@@ -117,3 +117,51 @@ def test_citation_completion_adds_a_marker_only_when_missing():
         assert completed.text.startswith(plain.text) and completed.text.endswith(f"[{completed.citations[0].marker}]")
     else:  # the model declined to name a passage
         assert completed.text == plain.text and completed.citations == []
+
+
+def test_speculation_is_on_when_lossless_and_changes_no_token():
+    context = make_context()
+    question = "What does functools.lru_cache do?"
+    fast = GroundedGenerator(model="smollm2-135m", max_new_tokens=32)
+    plain = GroundedGenerator(model="smollm2-135m", max_new_tokens=32, speculative=False)
+    assert fast.uses_speculation() and not plain.uses_speculation()
+    answer, reference = fast.generate(question, context), plain.generate(question, context)
+    assert answer.text == reference.text
+    extra = answer.trace.stages[0].extra
+    assert extra["speculative"] is True and extra["drafters"] == ["sam", "ngram"]
+    for key in ("drafted", "accepted", "forward_passes", "mean_accepted_length", "first_token_seconds",
+                "tokens_per_second"):
+        assert key in extra
+    assert extra["forward_passes"] <= reference.trace.stages[0].extra["forward_passes"]
+
+
+def test_speculation_settings():
+    assert not GroundedGenerator(temperature=0.7).uses_speculation()  # sampling: not token-identical, so opt-in
+    assert GroundedGenerator(temperature=0.7, speculative=True).uses_speculation()
+    assert not GroundedGenerator(drafters=[]).uses_speculation()
+    config = GroundedGenerator(drafters=["ngram"], draft_model="qwen2.5-0.5b").to_config()
+    assert config["params"]["drafters"] == ["ngram"] and config["params"]["draft_model"] == "qwen2.5-0.5b"
+    from rag.errors import InputError
+
+    with pytest.raises(InputError, match="known: ngram, sam"):
+        GroundedGenerator(drafters=["suffix"])
+    with pytest.raises(InputError, match="quantize"):
+        GroundedGenerator(quantize="int4")
+
+
+def test_system_prompt_prefix_is_reused_across_questions():
+    context = make_context()
+    generator = GroundedGenerator(model="smollm2-135m", max_new_tokens=12)
+    generator.generate("What does json.dumps do?", context)
+    second = generator.generate("What does os.path.join do?", context)
+    assert second.trace.stages[0].extra["reused_prompt_tokens"] >= len(generator.system_prompt.split())
+    fresh = GroundedGenerator(model="smollm2-135m", max_new_tokens=12, reuse_prefix=False).generate(
+        "What does os.path.join do?", context)
+    assert fresh.trace.stages[0].extra["reused_prompt_tokens"] == 0 and fresh.text == second.text
+
+
+def test_int8_is_an_explicit_option():
+    answer = GroundedGenerator(model="smollm2-135m", max_new_tokens=8, quantize="int8").generate(
+        "What does json.dumps do?", make_context())
+    assert answer.trace.stages[0].extra["quantize"] == "int8" and answer.trace.stages[0].tokens_out <= 8
+    assert GroundedGenerator().quantize is None

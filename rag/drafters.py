@@ -1,0 +1,318 @@
+"""Drafters for speculative decoding: where the guessed continuation comes from.
+
+A RAG answer copies phrases from its passages, so most drafts here are looked up rather than generated:
+
+- :class:`PromptLookupDrafter`: the last ``n`` tokens (``n`` = 3, 2, 1) matched in the prompt (which
+  holds the passages) and the answer so far; the tokens after the most recent match are the draft.
+- :class:`SuffixAutomatonDrafter`: SAM-Decoding. A suffix automaton over prompt and answer, extended
+  token by token, tracks the *longest* suffix of the text that occurred before, in amortised constant
+  time per token; the draft is what followed its first occurrence.
+- :class:`CorpusDrafter`: the same matching against a fixed automaton over every indexed chunk's tokens
+  (a REST-style datastore, for answers that reuse corpus phrasing not in the retrieved passages).
+- :class:`DraftModelDrafter`: a small model with the same tokenizer and its own KV cache, rolled back
+  with the target's. It stops drafting when its own confidence drops (SVIP-style): a token the draft
+  model itself doubts is likely to be rejected, and the width policy uses the confidences as acceptance
+  estimates.
+- :class:`CombinedDrafter`: per step the model-free drafter with the longest match, falling back to the
+  draft model when no match is long enough.
+
+Every drafter has ``start(prompt_ids, temperature, generator)`` and ``propose(tokens, k) -> Draft``,
+where ``tokens`` is the whole sequence so far (prompt and accepted output), which only grows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rag.errors import InputError
+from rag.speculative import Draft
+
+
+class PromptLookupDrafter:
+    """n-gram prompt lookup over the prompt (passages included) and the answer so far.
+
+        >>> d = PromptLookupDrafter(); d.start([5, 6, 7, 8, 9]); d.propose([5, 6, 7, 8, 9, 6, 7], 2).tokens
+        [8, 9]
+    """
+
+    name = "ngram"
+
+    def __init__(self, max_ngram: int = 3, min_ngram: int = 1) -> None:
+        if not 1 <= min_ngram <= max_ngram:
+            raise InputError(f"prompt lookup: need 1 <= min_ngram <= max_ngram, got {min_ngram}, {max_ngram}")
+        self.max_ngram, self.min_ngram = max_ngram, min_ngram
+        self._tokens: list[int] = []
+        self._last: dict[tuple[int, ...], int] = {}  # n-gram -> end index of its latest occurrence with a successor
+
+    def start(self, prompt_ids: list[int], temperature: float = 0.0, generator: Any = None) -> None:
+        self._tokens, self._last = [], {}
+        self._extend(prompt_ids)
+
+    def _extend(self, new: list[int]) -> None:
+        tokens = self._tokens
+        for token in new:
+            tokens.append(token)
+            end = len(tokens) - 2  # n-grams ending here now have a successor
+            for n in range(1, self.max_ngram + 1):
+                if end - n + 1 < 0:
+                    break
+                self._last[tuple(tokens[end - n + 1: end + 1])] = end
+
+    def propose(self, tokens: list[int], k: int) -> Draft:
+        self._extend(tokens[len(self._tokens):])
+        for n in range(min(self.max_ngram, len(tokens)), self.min_ngram - 1, -1):
+            end = self._last.get(tuple(tokens[-n:]))
+            if end is not None:
+                return Draft(tokens=self._tokens[end + 1: end + 1 + k], source=self.name, match_length=n)
+        return Draft(tokens=[], source=self.name)
+
+
+class SuffixAutomaton:
+    """A suffix automaton over a token sequence, built online (Blumer et al.; SAM-Decoding).
+
+    State 0 is the root. ``first_end[s]`` is the end index of the first occurrence of the strings of
+    state ``s``: the continuation of a match is ``text[first_end + 1:]``.
+    """
+
+    def __init__(self) -> None:
+        self.next: list[dict[int, int]] = [{}]
+        self.link: list[int] = [-1]
+        self.length: list[int] = [0]
+        self.first_end: list[int] = [-1]
+        self.text: list[int] = []
+        self.last = 0
+
+    def extend(self, token: int) -> None:
+        nxt, link, length, first_end = self.next, self.link, self.length, self.first_end
+        self.text.append(token)
+        cur = len(nxt)
+        nxt.append({}), link.append(0), length.append(length[self.last] + 1), first_end.append(len(self.text) - 1)
+        p = self.last
+        while p != -1 and token not in nxt[p]:
+            nxt[p][token] = cur
+            p = link[p]
+        if p != -1:
+            q = nxt[p][token]
+            if length[p] + 1 == length[q]:
+                link[cur] = q
+            else:
+                clone = len(nxt)
+                nxt.append(dict(nxt[q])), link.append(link[q]), length.append(length[p] + 1)
+                first_end.append(first_end[q])
+                while p != -1 and nxt[p].get(token) == q:
+                    nxt[p][token] = clone
+                    p = link[p]
+                link[q] = link[cur] = clone
+        self.last = cur
+
+
+class _Matcher:
+    """The longest suffix of a growing query that occurs in an automaton's text: (state, length)."""
+
+    def __init__(self, automaton: SuffixAutomaton) -> None:
+        self.sam, self.state, self.matched = automaton, 0, 0
+
+    def step(self, token: int) -> None:
+        sam = self.sam
+        while self.state and token not in sam.next[self.state]:
+            self.state = sam.link[self.state]
+            self.matched = sam.length[self.state]
+        if token in sam.next[self.state]:
+            self.state = sam.next[self.state][token]
+            self.matched += 1
+        else:
+            self.state, self.matched = 0, 0
+
+    def settle(self) -> None:
+        """After the automaton grew, move to the state that now holds the matched length (a clone may
+        have split the old state: the shorter strings moved to its suffix link)."""
+        sam = self.sam
+        while self.state and sam.length[sam.link[self.state]] >= self.matched:
+            self.state = sam.link[self.state]
+
+    def continuation(self, k: int, stop_below: int = 0) -> list[int]:
+        if not self.matched:
+            return []
+        start = self.sam.first_end[self.state] + 1
+        out = self.sam.text[start: start + k]
+        for i, token in enumerate(out):
+            if token < stop_below:  # a document separator: the match does not continue past its document
+                return out[:i]
+        return out
+
+
+class SuffixAutomatonDrafter:
+    """SAM-Decoding over the prompt (passages included) and the text generated so far.
+
+    Each new token first advances the match against the text before it, then extends the automaton:
+    the match therefore always points at an earlier occurrence, whose continuation is the draft.
+    """
+
+    name = "sam"
+
+    def __init__(self, min_match: int = 1) -> None:
+        self.min_match = min_match
+        self._sam = SuffixAutomaton()
+        self._matcher = _Matcher(self._sam)
+
+    def start(self, prompt_ids: list[int], temperature: float = 0.0, generator: Any = None) -> None:
+        self._sam = SuffixAutomaton()
+        self._matcher = _Matcher(self._sam)
+        self._extend(prompt_ids)
+
+    def _extend(self, new: list[int]) -> None:
+        for token in new:
+            self._matcher.step(token)
+            self._sam.extend(token)
+            self._matcher.settle()
+
+    def propose(self, tokens: list[int], k: int) -> Draft:
+        self._extend(tokens[len(self._sam.text):])
+        if self._matcher.matched < self.min_match:
+            return Draft(tokens=[], source=self.name, match_length=self._matcher.matched)
+        return Draft(tokens=self._matcher.continuation(k), source=self.name, match_length=self._matcher.matched)
+
+
+class CorpusDrafter:
+    """REST-style datastore: a fixed suffix automaton over many token sequences (every indexed chunk);
+    the answer so far is matched against it and the continuation of its longest suffix is the draft.
+
+    Separators between sequences are negative ids, so no draft runs from one chunk into the next.
+    """
+
+    name = "corpus"
+
+    def __init__(self, sequences: list[list[int]], min_match: int = 2) -> None:
+        self.min_match = min_match
+        self._sam = SuffixAutomaton()
+        for number, sequence in enumerate(sequences):
+            for token in sequence:
+                self._sam.extend(int(token))
+            self._sam.extend(-1 - number)
+        self._matcher = _Matcher(self._sam)
+        self._seen = 0
+
+    def start(self, prompt_ids: list[int], temperature: float = 0.0, generator: Any = None) -> None:
+        self._matcher = _Matcher(self._sam)
+        self._seen = len(prompt_ids)  # only the answer is matched: the passages have their own drafters
+
+    def propose(self, tokens: list[int], k: int) -> Draft:
+        for token in tokens[self._seen:]:
+            self._matcher.step(token)
+        self._seen = len(tokens)
+        if self._matcher.matched < self.min_match:
+            return Draft(tokens=[], source=self.name, match_length=self._matcher.matched)
+        return Draft(tokens=self._matcher.continuation(k, stop_below=0), source=self.name,
+                     match_length=self._matcher.matched)
+
+
+class DraftModelDrafter:
+    """A smaller model with the target's tokenizer drafts token by token, with its own KV cache.
+
+    Its cache follows the sequence: tokens it drafted that were rejected are cropped away on the next
+    call (``DecodeSession.prefill`` keeps the longest common prefix). Drafting stops early when the top
+    probability falls below ``min_confidence`` (SVIP-style).
+    """
+
+    name = "model"
+
+    def __init__(self, lm: Any, min_confidence: float = 0.4, max_tokens: int = 7) -> None:
+        self.lm, self.min_confidence, self.max_tokens = lm, min_confidence, max_tokens
+        self._session: Any = None
+        self._temperature, self._generator = 0.0, None
+
+    def start(self, prompt_ids: list[int], temperature: float = 0.0, generator: Any = None) -> None:
+        from rag.lm import DecodeSession
+
+        if self._session is None:
+            self._session = DecodeSession(self.lm)
+        self._temperature, self._generator = temperature, generator
+        self._logits = self._session.prefill(list(prompt_ids))  # the draft reads the prompt too
+
+    def propose(self, tokens: list[int], k: int) -> Draft:
+        import torch
+
+        session = self._session
+        if session.tokens != tokens:
+            self._logits = session.prefill(list(tokens))
+        logits = self._logits
+        out: list[int] = []
+        probs: list[Any] = []
+        confidence: list[float] = []
+        for i in range(min(k, self.max_tokens)):
+            if self._temperature > 0:
+                p = torch.softmax(logits.float() / self._temperature, dim=-1)
+                token = int(torch.multinomial(p, 1, generator=self._generator))
+                top = float(p.max())
+            else:
+                p = torch.softmax(logits.float(), dim=-1)
+                token = int(torch.argmax(p))
+                top = float(p[token])
+            if i and top < self.min_confidence:
+                break
+            out.append(token)
+            probs.append(p)
+            confidence.append(top)
+            if i + 1 < min(k, self.max_tokens):
+                logits = session.feed([token])
+        # the session now holds part of the draft; the next call crops what the target rejected
+        return Draft(tokens=out, source=self.name, match_length=len(out), probs=probs if self._temperature > 0 else None,
+                     confidence=confidence)
+
+
+class CombinedDrafter:
+    """The model-free drafter with the longest match this step; the fallback when none matches
+    ``min_match`` tokens. All drafters see every token (their state must follow the sequence)."""
+
+    name = "combined"
+
+    def __init__(self, drafters: list[Any], fallback: Any = None, min_match: int = 2) -> None:
+        if not drafters and fallback is None:
+            raise InputError("combined drafter: give at least one drafter or a fallback")
+        self.drafters, self.fallback, self.min_match = list(drafters), fallback, min_match
+
+    def start(self, prompt_ids: list[int], temperature: float = 0.0, generator: Any = None) -> None:
+        for drafter in self.drafters:
+            drafter.start(prompt_ids, temperature=temperature, generator=generator)
+        if self.fallback is not None:
+            self.fallback.start(prompt_ids, temperature=temperature, generator=generator)
+
+    def propose(self, tokens: list[int], k: int) -> Draft:
+        best = Draft(tokens=[], source=self.name)
+        for drafter in self.drafters:
+            draft = drafter.propose(tokens, k)
+            if draft.tokens and (not best.tokens or draft.match_length > best.match_length):
+                best = draft
+        if self.fallback is not None and (not best.tokens or best.match_length < self.min_match):
+            return self.fallback.propose(tokens, k)
+        return best
+
+
+MODEL_FREE = {"ngram": PromptLookupDrafter, "sam": SuffixAutomatonDrafter}
+
+
+def build_drafter(names: list[str] | tuple[str, ...], draft_lm: Any = None, corpus: list[list[int]] | None = None) -> Any:
+    """A drafter from names (``"ngram"``, ``"sam"``, ``"corpus"``, ``"model"``); several are combined,
+    with the draft model (``draft_lm``) as the fallback."""
+    known = [*MODEL_FREE, "corpus", "model"]
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        raise InputError(f"drafters {list(names)!r}: unknown {unknown or 'empty list'}; known: {', '.join(known)}")
+    model_free: list[Any] = []
+    for name in names:
+        if name in MODEL_FREE:
+            model_free.append(MODEL_FREE[name]())
+        elif name == "corpus":
+            if corpus is None:
+                raise InputError("drafter 'corpus' needs the corpus token sequences")
+            model_free.append(CorpusDrafter(corpus))
+    fallback = None
+    if "model" in names:
+        if draft_lm is None:
+            raise InputError("drafter 'model' needs a draft model (draft_model=...)")
+        fallback = DraftModelDrafter(draft_lm)
+    if len(model_free) == 1 and fallback is None:
+        return model_free[0]
+    if not model_free:
+        return fallback
+    return CombinedDrafter(model_free, fallback=fallback)

@@ -1,0 +1,226 @@
+"""The speculative loop: token identity with plain greedy decoding, KV rollback, limits, EOS, and the
+distribution of speculative sampling (chi-square), on tiny random models; one short real-Qwen check."""
+
+import pytest
+import torch
+
+from rag.drafters import CombinedDrafter, DraftModelDrafter, PromptLookupDrafter, SuffixAutomatonDrafter
+from rag.lm import CausalLM, DecodeSession, decode
+from rag.speculative import SpecStats, WidthPolicy, _verify, measure_width_costs, speculative_decode
+
+EOS = 63
+
+
+def tiny_lm(seed: int = 0, vocab: int = 64, layers: int = 2, eos: int = EOS) -> CausalLM:
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    config = Qwen2Config(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
+    return CausalLM(spec=f"tiny-{seed}", model=Qwen2ForCausalLM(config).eval(), tokenizer=None,
+                    eos_token_ids=frozenset({eos}))
+
+
+def tiny_llama(seed: int = 0) -> CausalLM:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
+    return CausalLM(spec="tiny-llama", model=LlamaForCausalLM(config).eval(), tokenizer=None,
+                    eos_token_ids=frozenset({EOS}))
+
+
+@pytest.fixture(scope="module")
+def lm():
+    torch.set_num_threads(1)
+    return tiny_lm()
+
+
+def prompts(n: int, length: int = 40, seed: int = 1) -> list[list[int]]:
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 60, (length,), generator=generator).tolist() for _ in range(n)]
+
+
+# Widths 1 and 8 at equal cost: every draft with any acceptance chance is verified (exercises rollback).
+EAGER = WidthPolicy({1: 1.0, 4: 1.0, 8: 1.0})
+
+
+def drafters(lm, draft_lm):
+    return {
+        "ngram": PromptLookupDrafter(),
+        "sam": SuffixAutomatonDrafter(),
+        "model": DraftModelDrafter(draft_lm, min_confidence=0.0),
+        "combined": CombinedDrafter([SuffixAutomatonDrafter(), PromptLookupDrafter()],
+                                    fallback=DraftModelDrafter(draft_lm, min_confidence=0.0)),
+    }
+
+
+@pytest.mark.parametrize("make", [tiny_lm, tiny_llama], ids=["qwen2", "llama"])
+def test_greedy_speculation_is_token_identical_to_plain_greedy(make):
+    lm, draft_lm = make(0), make(5)
+    for prompt in prompts(2):
+        plain = list(decode(lm, prompt, max_new_tokens=32))
+        for name, drafter in drafters(lm, draft_lm).items():
+            stats = SpecStats()
+            ours = list(speculative_decode(lm, prompt, drafter, max_new_tokens=32, stats=stats, policy=EAGER))
+            assert ours == plain, name
+            assert stats.new_tokens == len(plain)
+
+
+def test_rejections_roll_the_cache_back(lm):
+    """A draft model that disagrees often forces crops; the cache must end holding the accepted text."""
+    draft_lm = tiny_lm(7)
+    prompt = prompts(1)[0]
+    session = DecodeSession(lm)
+    stats = SpecStats()
+    ours = list(speculative_decode(lm, prompt, DraftModelDrafter(draft_lm, min_confidence=0.0), max_new_tokens=30,
+                                   stats=stats, session=session, policy=EAGER))
+    assert sum(stats.drafted.values()) > sum(stats.accepted.values())  # some rejections happened
+    assert session.tokens == (prompt + ours)[: session.length] and session.length >= len(prompt) + len(ours) - 1
+    assert session.cache.get_seq_length() == session.length
+
+
+def test_accepted_drafts_cut_forward_passes(lm):
+    """With the target as its own draft model every draft is accepted: far fewer passes than tokens."""
+    prompt = prompts(1, seed=3)[0]
+    plain = list(decode(lm, prompt, max_new_tokens=40))
+    stats = SpecStats()
+    ours = list(speculative_decode(lm, prompt, DraftModelDrafter(lm, min_confidence=0.0, max_tokens=7),
+                                   max_new_tokens=40, stats=stats, policy=EAGER))
+    assert ours == plain
+    assert stats.accepted["model"] == stats.drafted["model"] > 0
+    assert stats.forward_passes < len(plain) / 3 and stats.mean_accepted_length > 3
+
+
+def test_max_tokens_and_eos_are_respected(lm):
+    prompt = prompts(1)[0]
+    for limit in (1, 2, 5, 9):
+        plain = list(decode(lm, prompt, max_new_tokens=limit))
+        ours = list(speculative_decode(lm, prompt, DraftModelDrafter(lm, min_confidence=0.0), max_new_tokens=limit,
+                                       policy=EAGER))
+        assert ours == plain and len(ours) <= limit
+    # make EOS the model's second greedy token: decoding stops before it, with and without speculation
+    first_two = list(decode(lm, prompt, max_new_tokens=2))
+    eos_lm = CausalLM(spec="eos", model=lm.model, tokenizer=None, eos_token_ids=frozenset({first_two[1]}))
+    for drafter in (DraftModelDrafter(lm, min_confidence=0.0), SuffixAutomatonDrafter()):
+        assert list(speculative_decode(eos_lm, prompt, drafter, max_new_tokens=20, policy=EAGER)) == first_two[:1]
+
+
+def test_streaming_yields_tokens_as_they_are_accepted(lm):
+    """Tokens come out of the iterator one by one; stopping early leaves a consistent cache."""
+    prompt = prompts(1, seed=4)[0]
+    session = DecodeSession(lm)
+    iterator = speculative_decode(lm, prompt, DraftModelDrafter(lm, min_confidence=0.0), max_new_tokens=30,
+                                  session=session, policy=EAGER)
+    got = [next(iterator) for _ in range(10)]
+    iterator.close()
+    assert got == list(decode(lm, prompt, max_new_tokens=10))
+    assert session.tokens[: len(prompt) + 10] == prompt + got
+
+
+def test_width_policy_prefers_cheap_widths():
+    policy = WidthPolicy({1: 1.0, 2: 2.1, 3: 2.8, 4: 1.8, 8: 2.2, 16: 2.6})
+    assert policy.choose([0.95] * 2) == 4  # a 2-token draft is padded to width 4 (cheaper than width 3)
+    assert policy.choose([0.2] * 15) == 1  # unlikely drafts are not worth a wide pass
+    assert policy.choose([0.9] * 15) in (8, 16)
+    with pytest.raises(Exception, match="width 1"):
+        WidthPolicy({4: 1.0})
+
+
+def test_measured_width_costs_are_relative_to_one_token(lm):
+    costs = measure_width_costs(lm, prompts(1)[0], [4, 8], repeats=1)
+    assert costs[1] == 1.0 and set(costs) == {1, 4, 8} and all(c > 0 for c in costs.values())
+
+
+def test_prefix_session_is_reused_and_copied(lm):
+    prefix, prompt = prompts(1)[0][:20], prompts(1)[0]
+    cached = DecodeSession(lm)
+    cached.feed(prefix)
+    fork = cached.copy()
+    stats = SpecStats()
+    ours = list(speculative_decode(lm, prompt, SuffixAutomatonDrafter(), max_new_tokens=12, stats=stats, session=fork))
+    assert stats.reused_prompt_tokens == 20 and cached.length == 20  # the cached prefix is untouched
+    assert ours == list(decode(lm, prompt, max_new_tokens=12))
+
+
+# -- speculative sampling keeps the target distribution ---------------------------------------------
+
+
+def test_verification_step_samples_from_the_target_distribution():
+    """One verification step, many seeds: the first emitted token follows p, whatever the draft (chi-square)."""
+    from scipy.stats import chisquare
+
+    torch.manual_seed(0)
+    vocab = 6
+    target = torch.randn(2, vocab) * 1.5
+    p = torch.softmax(target[0], dim=-1)
+    q = torch.softmax(torch.randn(vocab), dim=-1)
+    for draft_token, draft_probs in ((2, None), (int(torch.argmax(q)), [q])):
+        counts = torch.zeros(vocab)
+        generator = torch.Generator().manual_seed(1)
+        for _ in range(2000):
+            token = draft_token if draft_probs is None else int(torch.multinomial(q, 1, generator=generator))
+            accepted, following = _verify(target, [token], draft_probs, 1.0, generator)
+            counts[accepted[0] if accepted else following] += 1
+        assert chisquare(counts.numpy(), (p * 2000).numpy()).pvalue > 1e-3
+
+
+def test_speculative_sampling_preserves_next_token_frequencies():
+    """The 2nd and 3rd generated tokens are produced by verification; their frequencies over many seeds
+    match the exact target marginal, with and without speculation (chi-square, scipy)."""
+    from scipy.stats import chisquare
+
+    torch.set_num_threads(1)
+    vocab = 8
+    lm = tiny_lm(0, vocab=vocab, layers=1, eos=vocab + 5)  # no EOS inside the vocabulary
+    draft_lm = tiny_lm(3, vocab=vocab, layers=1, eos=vocab + 5)
+    prompt = [1, 2, 3, 4, 1, 2]
+    with torch.inference_mode():
+        first = torch.softmax(lm.model(torch.tensor([prompt])).logits[0, -1], dim=-1)
+        second = torch.stack([torch.softmax(lm.model(torch.tensor([prompt + [t]])).logits[0, -1], dim=-1)
+                              for t in range(vocab)])
+    marginal = (first[:, None] * second).sum(0)  # distribution of the 2nd generated token
+    runs = 500
+    for name, make in (("plain", None), ("lookup", PromptLookupDrafter),
+                       ("model", lambda: DraftModelDrafter(draft_lm, min_confidence=0.0))):
+        counts = torch.zeros(vocab)
+        for seed in range(runs):
+            if make is None:
+                out = list(decode(lm, prompt, max_new_tokens=2, temperature=1.0, seed=seed))
+            else:
+                out = list(speculative_decode(lm, prompt, make(), max_new_tokens=3, temperature=1.0, seed=seed,
+                                              policy=EAGER))
+            counts[out[1]] += 1
+        assert chisquare(counts.numpy(), (marginal * runs).numpy()).pvalue > 1e-3, name
+
+
+def test_a_biased_sampler_would_fail_the_check():
+    """The chi-square check has power: accepting every draft (no rejection sampling) is detected."""
+    from scipy.stats import chisquare
+
+    p = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    generator = torch.Generator().manual_seed(0)
+    counts = torch.zeros(4)
+    for _ in range(2000):
+        # the wrong rule: always keep the drafted token 0 half the time
+        counts[0 if float(torch.rand(1, generator=generator)) < 0.5 else int(torch.multinomial(p, 1, generator=generator))] += 1
+    assert chisquare(counts.numpy(), (p * 2000).numpy()).pvalue < 1e-6
+
+
+# -- one short check on the real generator ------------------------------------------------------
+
+
+def test_real_qwen_greedy_speculation_matches_plain():
+    from rag.drafters import build_drafter
+    from rag.lm import load_causal_lm
+
+    torch.set_num_threads(2)
+    qwen = load_causal_lm("qwen2.5-0.5b")
+    for question in ("Copy this sentence exactly: the quick brown fox jumps over the lazy dog.",
+                     "Passage: functools.lru_cache memoizes a function's results. Question: what memoizes results?"):
+        prompt = qwen.encode_chat([{"role": "user", "content": question}])
+        plain = list(decode(qwen, prompt, max_new_tokens=20))
+        stats = SpecStats()
+        ours = list(speculative_decode(qwen, prompt, build_drafter(["sam", "ngram"]), max_new_tokens=20, stats=stats))
+        assert ours == plain, qwen.tokenizer.decode(ours) + " | " + qwen.tokenizer.decode(plain)
