@@ -26,18 +26,21 @@ applied).
 
 **Search** (:class:`LateInteractionIndex`), in two stages as PLAID does it:
 
-1. candidate generation: the token vectors are clustered with faiss k-means into ``nlist`` centroids (a
-   faiss IVF coarse quantizer, ``IndexFlatIP``); each token keeps its centroid id and each centroid an
-   inverted list of the documents that have a token there. Each query token probes its ``nprobe`` nearest
-   centroids; a document found in a probed list gets, for that query token, the best score among its probed
-   centroids, and the smallest probed score otherwise (an upper bound of what it can have elsewhere). The
-   sum over query tokens approximates MaxSim ("centroid interaction"); the best ``candidates`` documents go on;
-2. exact MaxSim of the query against each candidate's stored token vectors.
+1. candidate generation: the token vectors are clustered with faiss k-means into ``nlist`` centroids; each
+   token keeps its centroid id and each centroid an inverted list of the documents that have a token there.
+   Each query token probes its ``nprobe`` most similar centroids (one small query x centroids product); a
+   document found in a probed list gets, for that query token, the best score among its probed centroids,
+   and otherwise the best unprobed centroid's score (an upper bound of what it can have elsewhere). The sum
+   over query tokens approximates MaxSim ("centroid interaction"); the best ``candidates`` documents go on;
+2. MaxSim of the query against each candidate's stored token vectors, skipping the tokens whose centroid no
+   query token probed (PLAID-style pruning: such tokens are rarely any query token's best match; with
+   ``nprobe >= nlist`` nothing is skipped and the scores are exact). The rows are converted to float32 and
+   multiplied a cache-sized block at a time, which makes this stage cost about what a float32 product does.
 
 ``exhaustive=True`` skips stage 1 and scores every document exactly (brute-force MaxSim, the reference).
-The defaults (``nprobe=4``, ``candidates=256``) come from a 320-document SciFact grid; on full SciFact they
-are 10-13x faster than brute force but keep only 0.75 of its top 100 (``eval/results/late.md``): raise
-``candidates`` when recall matters more than speed.
+The defaults (``nprobe=32``, ``candidates=1024``) come from a full-SciFact grid: they keep about 0.95 of
+brute force's top 100 at about a tenth of its CPU time (``eval/results/late.md``); raise ``candidates``
+(or ``nprobe``) when recall matters more than speed.
 
 **Storage.** Token vectors are kept compressed: ``storage="int8"`` (the default: one signed byte per
 dimension plus a float32 scale per token, about a quarter of float32) or ``"float16"`` (half). Both leave
@@ -88,15 +91,17 @@ CODES = "codes.npy"
 BM25_DIR = "bm25"
 # Below this many texts a progress bar is noise.
 PROGRESS_THRESHOLD = 200
-# From a 320-document SciFact grid; on full SciFact: 10-13x brute force, recall@100 0.75 (eval/results/late.md).
-DEFAULT_NPROBE = 4
-DEFAULT_CANDIDATES = 256
+# From a full-SciFact grid (eval/results/late.md): recall@100 against brute force about 0.95, about 10x faster.
+DEFAULT_NPROBE = 32
+DEFAULT_CANDIDATES = 1024
 # Retrain the centroids when the index holds this many times the tokens they were trained on.
 RETRAIN_GROWTH = 4
 KMEANS_ITERATIONS = 10
 KMEANS_POINTS_PER_CENTROID = 32
 # Token rows converted to float32 at a time by brute-force MaxSim and centroid assignment.
 BLOCK_TOKENS = 32768
+# Token rows converted to float32 at a time by exact scoring of candidates (fits in cache).
+SCORE_BLOCK = 1024
 
 # ColBERT (colbertv2.0) conventions, used only for checkpoints in the ColBERT layout.
 COLBERT_QUERY_MARKER = "[unused0]"
@@ -415,12 +420,37 @@ class _TokenStore:
             return self.tokens[rows].astype(np.float32)
         return self.tokens[rows].astype(np.float32) * self.scales[rows][:, None]
 
-    def scores(self, query: np.ndarray, docs: np.ndarray) -> np.ndarray:
-        """Exact MaxSim (on the stored vectors) of one query against documents ``docs``."""
-        rows, lengths = self.token_rows(docs)
+    def scores(
+        self, query: np.ndarray, docs: np.ndarray, codes: np.ndarray | None = None, keep: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Exact MaxSim (on the stored vectors) of one query against documents ``docs``.
+
+        With ``codes`` (centroid id per token row) and ``keep`` (bool per centroid), only the tokens whose
+        centroid is kept are scored (a document with none left scores 0). Rows are gathered and converted to
+        float32 a block of ``SCORE_BLOCK`` at a time, so that the float32 copy stays in cache.
+        """
+        query = np.asarray(query, dtype=np.float32)
+        rows, lengths = self.token_rows(np.asarray(docs, dtype=np.int64))
+        if keep is not None and codes is not None:
+            mask = keep[codes[rows]]
+            lengths = np.bincount(np.repeat(np.arange(len(lengths)), lengths)[mask], minlength=len(lengths))
+            rows = rows[mask]
+        total = len(rows)
+        scores = np.zeros(len(lengths), dtype=np.float32)
+        if total == 0 or len(query) == 0:
+            return scores
+        sims = np.empty((len(query), total), dtype=np.float32)
+        block = np.empty((min(SCORE_BLOCK, total), self.dimension), dtype=np.float32)
+        for begin in range(0, total, SCORE_BLOCK):
+            end = min(begin + SCORE_BLOCK, total)
+            np.copyto(block[: end - begin], self.tokens[rows[begin:end]], casting="unsafe")
+            np.matmul(query, block[: end - begin].T, out=sims[:, begin:end])
         if self.storage == "int8":
-            return _segment_maxsim(query, self.tokens[rows].astype(np.float32), lengths, self.scales[rows])
-        return _segment_maxsim(query, self.decode(rows), lengths)
+            sims *= self.scales[rows]
+        nonempty = lengths > 0
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])[nonempty]
+        scores[nonempty] = np.maximum.reduceat(sims, starts, axis=1).sum(axis=0)
+        return scores
 
     def all_scores(self, queries: list[np.ndarray]) -> np.ndarray:
         """Brute-force MaxSim of every query against every document, ``(queries, documents)`` float32.
@@ -552,7 +582,8 @@ class LateInteractionIndex(SavedIndex):
 
     Offline, with ``model="minilm"``, these are MiniLM token vectors, not a trained ColBERT; give a
     ColBERT checkpoint folder as ``model`` for the real thing. ``nprobe`` centroids are probed per query
-    token and the best ``candidates`` documents by centroid interaction are scored exactly; ``nlist=None``
+    token and the best ``candidates`` documents by centroid interaction are scored by MaxSim (on the tokens
+    of probed centroids); ``nlist=None``
     picks :func:`default_nlist`. ``exhaustive=True`` scores every document exactly instead. ``name`` is
     the ``source`` of the hits.
     """
@@ -683,35 +714,62 @@ class LateInteractionIndex(SavedIndex):
         return [self._rank_one(np.asarray(q, dtype=np.float32), k, nprobe, candidates) for q in queries]
 
     def candidate_rows(self, query: np.ndarray, nprobe: int | None = None, candidates: int | None = None) -> np.ndarray:
-        """Stage 1 for one query: the rows of the documents that go on to exact MaxSim."""
-        nprobe = min(self.nprobe if nprobe is None else nprobe, len(self._centroids))
+        """Stage 1 for one query: the rows of the documents that go on to exact MaxSim (sorted)."""
+        return self._candidates(np.asarray(query, dtype=np.float32), nprobe, candidates)[0]
+
+    def _candidates(
+        self, query: np.ndarray, nprobe: int | None, candidates: int | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Candidate rows (sorted) and the probed centroids of each query token, ``(query tokens, nprobe)``.
+
+        Centroid interaction: per query token, a document scores its best probed centroid's similarity, or,
+        with no token in a probed centroid, the best unprobed centroid's (an upper bound); the sum over query
+        tokens ranks the documents found in a probed list.
+        """
+        nlist = len(self._centroids)
+        nprobe = min(self.nprobe if nprobe is None else nprobe, nlist)
         candidates = self.candidates if candidates is None else candidates
         list_offsets, list_docs = self._lists
-        probe_scores, probes = self._quantizer.search(np.ascontiguousarray(query, dtype=np.float32), nprobe)
-        n_docs = len(self)
-        # Per query token: the best probed centroid score of each document, else the smallest probed score.
-        approx = np.repeat(probe_scores[:, -1:], n_docs, axis=1)
+        sims = query @ self._centroids.T  # (query tokens, centroids)
+        n_tokens, n_docs = len(query), len(self)
+        if nprobe < nlist:
+            part = np.argpartition(-sims, nprobe, axis=1)[:, : nprobe + 1]
+        else:
+            part = np.repeat(np.arange(nlist)[None, :], n_tokens, axis=0)
+        part_scores = np.take_along_axis(sims, part, axis=1)
+        order = np.argsort(-part_scores, axis=1, kind="stable")
+        part, part_scores = np.take_along_axis(part, order, axis=1), np.take_along_axis(part_scores, order, axis=1)
+        probes, probe_scores = part[:, :nprobe], part_scores[:, :nprobe]
+        floor = part_scores[:, nprobe] if nprobe < nlist else part_scores[:, -1]
+        approx = np.repeat(floor[:, None], n_docs, axis=1)
+        # Every (query token, probed centroid) list at once, lowest score first per token, so that where a
+        # document is in several probed lists of a token the best score is written last.
+        lists = probes[:, ::-1].ravel()
+        values = probe_scores[:, ::-1].ravel()
+        token_of = np.repeat(np.arange(n_tokens, dtype=np.int64), nprobe)
+        starts = list_offsets[lists]
+        lengths = list_offsets[lists + 1] - starts
+        total = int(lengths.sum())
+        shift = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
+        docs = list_docs[np.arange(total, dtype=np.int64) + shift]
+        approx.ravel()[np.repeat(token_of * n_docs, lengths) + docs] = np.repeat(values, lengths)
         found = np.zeros(n_docs, dtype=bool)
-        for token in range(len(query)):
-            row = approx[token]
-            for j in range(nprobe - 1, -1, -1):  # lowest first, so that the best score is written last
-                c = probes[token, j]
-                if c < 0:
-                    continue
-                docs = list_docs[list_offsets[c]:list_offsets[c + 1]]
-                row[docs] = probe_scores[token, j]
-                found[docs] = True
+        found[docs] = True
         pool = np.flatnonzero(found)
-        if len(pool) <= candidates:
-            return pool
-        totals = approx[:, pool].sum(axis=0)
-        return np.sort(pool[_top(totals, candidates)])
+        if len(pool) > candidates:
+            pool = np.sort(pool[_top(approx[:, pool].sum(axis=0), candidates)])
+        return pool, probes
 
     def _rank_one(self, query: np.ndarray, k: int, nprobe: int, candidates: int) -> list[tuple[int, float]]:
-        rows = self.candidate_rows(query, nprobe, candidates)
+        rows, probes = self._candidates(query, nprobe, candidates)
         if len(rows) == 0:
             return []
-        scores = self._store.scores(query, rows)
+        keep = None
+        if probes.shape[1] < len(self._centroids):
+            # Only tokens in a centroid probed by some query token are scored (PLAID-style pruning).
+            keep = np.zeros(len(self._centroids), dtype=bool)
+            keep[probes.ravel()] = True
+        scores = self._store.scores(query, rows, codes=self._codes, keep=keep)
         return [(int(rows[i]), float(scores[i])) for i in _top(scores, k)]
 
     def delete(self, chunk_ids: Iterable[str]) -> int:
