@@ -21,6 +21,7 @@ bench: packs
 	$(BIN)/python -m eval.bench_indexing
 	$(BIN)/python -m eval.bench_bm25
 	$(BIN)/python -m eval.bench_dense
+	$(BIN)/python -m eval.bench_late
 	$(BIN)/python -m eval.bench_chunking
 
 install: $(STAMP)
