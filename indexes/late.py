@@ -70,7 +70,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from indexes.bm25 import BM25Index, read_chunks, write_chunks
+from indexes.bm25 import BM25Index, _check_new_ids, read_chunks, write_chunks
 from indexes.manifest import MANIFEST, SavedIndex, read_manifest, verify_files, write_manifest
 from rag.errors import InputError
 from rag.io import atomic_directory
@@ -531,18 +531,6 @@ def _load_array(path: Path, dtype: Any) -> np.ndarray:
 def text_of(chunk: Chunk) -> str:
     """The text encoded for ``chunk``: ``title + " " + text`` when it has a title."""
     return f"{chunk.title} {chunk.text}" if chunk.title else chunk.text
-
-
-def _check_new_ids(name: str, present: Any, chunks: list[Chunk]) -> None:
-    batch: set[str] = set()
-    for chunk in chunks:
-        if not isinstance(chunk, Chunk):
-            raise InputError(f"index {name!r}: expected Chunk objects, got {type(chunk).__name__}")
-        if chunk.id in present:
-            raise InputError(f"index {name!r}: chunk id {chunk.id!r} is already in the index")
-        if chunk.id in batch:
-            raise InputError(f"index {name!r}: chunk id {chunk.id!r} appears twice in the added chunks")
-        batch.add(chunk.id)
 
 
 def _encode_queries(encoder: TokenEncoder, name: str, queries: list[str]) -> list[np.ndarray]:
