@@ -192,8 +192,19 @@ def worker_runtime_env() -> dict[str, Any]:
     return {"env_vars": env}
 
 
+def keep_jvm_signal_handlers() -> None:
+    """Stop Ray from installing its failure signal handler in this process (unless the user chose).
+
+    Ray's handler replaces the SIGSEGV handler that a JVM relies on for implicit null checks, so a Lucene
+    index used in the same process (BM25, SPLADE) can then crash the process ("Lucene Merge Thread:
+    segfault at 8"), as it did in our test suite once Ray had run. Call before ``ray.init``.
+    """
+    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
+
+
 def ensure_ray(address: str | None) -> Any:
     """The ``ray`` module, connected: to ``address``, to the cluster ``RAY_ADDRESS`` names, or a local one."""
+    keep_jvm_signal_handlers()
     ray = require("ray", EXTRA, "ray[data]")
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
