@@ -125,7 +125,7 @@ class BM25Index(SavedIndex):
         _check_new_ids(self.name, self._chunks, chunks)
         records = [r for r in (self._record(c) for c in chunks) if r is not None]
         if records:
-            self._lucene = _LuceneDir.with_added(self._lucene, records, self.fields, self.threads)
+            self._lucene = _LuceneDir.with_added(self._lucene, records, text_collection_args(self.fields), self.threads)
         for chunk in chunks:
             self._chunks[chunk.id] = chunk
 
@@ -259,6 +259,12 @@ class BM25Index(SavedIndex):
 # -- the working Lucene directory --------------------------------------------------------------------
 
 
+def text_collection_args(fields: str) -> list[str]:
+    """Anserini's arguments for indexing chunk text: one ``contents`` field, or title apart (multifield)."""
+    args = ["-collection", "JsonCollection", "-generator", "DefaultLuceneDocumentGenerator"]
+    return args + ["-fields", "title"] if fields == "multifield" else args
+
+
 class _LuceneDir:
     """A private Lucene index directory, replaced (never edited in place) on every change."""
 
@@ -277,12 +283,16 @@ class _LuceneDir:
         return root / LUCENE
 
     @classmethod
-    def with_added(cls, current: "_LuceneDir | None", records: list[dict[str, str]], fields: str, threads: int) -> "_LuceneDir":
+    def with_added(
+        cls, current: "_LuceneDir | None", records: list[dict[str, Any]], collection_args: list[str], threads: int
+    ) -> "_LuceneDir":
         """A new directory holding ``current``'s documents and ``records``.
 
         The records are indexed into a fresh Lucene index by Anserini (whose ``-append`` flag does not
         append in 1.7.1), whose segments are then added to a clone of ``current`` with
         ``IndexWriter.addIndexes`` (no re-analysis; BM25 statistics are read across segments).
+        ``collection_args`` are the Anserini arguments that say what the records are (collection class,
+        fields, impact settings): :func:`text_collection_args` for text, SPLADE passes its own.
         """
         target = cls._fresh()
         try:
@@ -292,16 +302,7 @@ class _LuceneDir:
             with (collection / "docs.jsonl").open("w", encoding="utf-8") as handle:
                 for record in records:
                     handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-            args = [
-                "-collection", "JsonCollection",
-                "-input", str(collection),
-                "-index", str(batch),
-                "-generator", "DefaultLuceneDocumentGenerator",
-                "-threads", str(threads),
-                "-quiet",
-            ]
-            if fields == "multifield":
-                args += ["-fields", "title"]
+            args = [*collection_args, "-input", str(collection), "-index", str(batch), "-threads", str(threads), "-quiet"]
             _run_java(lambda: _index_collection().main(args), f"indexing {len(records)} chunks into {batch}")
             shutil.rmtree(collection)
             if current is not None:

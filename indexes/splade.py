@@ -39,8 +39,6 @@ order) and ``lucene/`` (the Lucene impact index files, each checksummed in the m
 
 from __future__ import annotations
 
-import json
-import shutil
 import sys
 import threading
 from pathlib import Path
@@ -49,10 +47,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from indexes.bm25 import (
-    _add_indexes,
     _anserini_version,
     _check_new_ids,
-    _clone,
     _java_exception,
     _java_message,
     _LuceneDir,
@@ -303,7 +299,7 @@ class SpladeIndex(SavedIndex):
             if vector
         ]
         if records:
-            self._lucene = _with_vectors(self._lucene, records, self.threads)
+            self._lucene = _LuceneDir.with_added(self._lucene, records, IMPACT_COLLECTION_ARGS, self.threads)
         for chunk in chunks:
             self._chunks[chunk.id] = chunk
 
@@ -467,48 +463,10 @@ class SpladeIndex(SavedIndex):
 # -- Lucene ------------------------------------------------------------------------------------------
 
 
-def _with_vectors(current: _LuceneDir | None, records: list[dict[str, Any]], threads: int) -> _LuceneDir:
-    """A new directory holding ``current``'s documents and ``records`` (``{"id", "contents", "vector"}``).
-
-    As :meth:`indexes.bm25._LuceneDir.with_added`, with Anserini's impact settings: the records are indexed
-    into a fresh index, whose segments are added to a clone of ``current`` with ``IndexWriter.addIndexes``.
-    """
-    target = _LuceneDir._fresh()
-    try:
-        work = target.parent
-        collection, batch = work / "collection", (work / "batch" if current is not None else target)
-        collection.mkdir()
-        with (collection / "docs.jsonl").open("w", encoding="utf-8") as handle:
-            for record in records:
-                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-        args = [
-            "-collection", "JsonVectorCollection",
-            "-input", str(collection),
-            "-index", str(batch),
-            "-generator", "DefaultLuceneDocumentGenerator",
-            "-impact",
-            "-pretokenized",
-            "-threads", str(threads),
-            "-quiet",
-        ]
-        _run_java(lambda: _index_collection().main(args), f"indexing {len(records)} SPLADE vectors into {batch}")
-        shutil.rmtree(collection)
-        if current is not None:
-            _clone(current.path, target)
-            _run_java(lambda: _add_indexes(target, batch), f"adding {len(records)} chunks to {target}")
-            shutil.rmtree(batch)
-    except BaseException:
-        shutil.rmtree(target.parent, ignore_errors=True)
-        raise
-    new = _LuceneDir(target)
-    expected = (current.documents() if current is not None else 0) + len(records)
-    if new.documents() != expected:
-        found = new.documents()
-        new.close()
-        raise InputError(f"Lucene indexed {found} SPLADE documents, expected {expected}; some chunks were rejected")
-    if current is not None:
-        current.close()
-    return new
+# Anserini's arguments for records that carry their own term weights (``{"id", "contents", "vector"}``).
+IMPACT_COLLECTION_ARGS = [
+    "-collection", "JsonVectorCollection", "-generator", "DefaultLuceneDocumentGenerator", "-impact", "-pretokenized",
+]
 
 
 def _impact_search(searcher: Any, maps: list[dict[str, int]], k: int, threads: int) -> list[list[tuple[str, float]]]:
@@ -538,12 +496,6 @@ def _impact_search(searcher: Any, maps: list[dict[str, int]], k: int, threads: i
         for entry in by_qid.entrySet().toArray():
             rows[int(entry.getKey())] = [(hit.docid, float(hit.score)) for hit in entry.getValue()]
     return rows
-
-
-def _index_collection() -> Any:
-    from indexes.lucene import java_class
-
-    return java_class("io.anserini.index.IndexCollection")
 
 
 def _impact_searcher_class() -> Any:

@@ -150,7 +150,7 @@ def test_queries_k_and_empty_indexes(built: SpladeIndex) -> None:
 
 
 def test_duplicate_ids_and_a_failed_add_leave_the_index_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
-    import indexes.splade as splade
+    import indexes.bm25 as bm25  # SPLADE indexes through the BM25 module's Lucene directory builder
 
     idx = SpladeIndex()
     idx.add(make_chunks(list(DOCS)[:5]))
@@ -163,7 +163,7 @@ def test_duplicate_ids_and_a_failed_add_leave_the_index_unchanged(monkeypatch: p
     def broken() -> None:
         raise RuntimeError("indexer crashed")
 
-    monkeypatch.setattr(splade, "_index_collection", broken)
+    monkeypatch.setattr(bm25, "_index_collection", broken)
     with pytest.raises(RuntimeError, match="indexer crashed"):
         idx.add(make_chunks(["violin"]))
     assert len(idx) == 5 and "violin#0" not in idx and ranked(idx.search(QUERIES, k=3)) == before
