@@ -8,8 +8,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from compressors.extractive import ExtractiveCompressor
+from compressors.extractive import ExtractiveCompressor, lexical_overlap
 from compressors.pruning import ClassifierCompressor, SurprisalCompressor
+from rag.errors import InputError
 from rag.registry import build
 from tests.compressors.conftest import WORDS, check_context, hits_of
 
@@ -34,8 +35,31 @@ def test_extractive_keeps_the_answer_sentence_first():
 
 def test_selective_augmentation_returns_an_empty_context():
     hits = hits_of(PASSAGES)
-    context = ExtractiveCompressor(rate=1.0, min_score=0.99).compress(QUESTION, hits)
+    # A dense score is at most 1 and the lexical share at most 1: nothing clears 2.01.
+    context = ExtractiveCompressor(rate=1.0, min_score=2.01).compress(QUESTION, hits)
     assert context.passages == () and context.kept_tokens == 0 and context.original_tokens > 0
+
+
+def test_lexical_overlap_weights_query_terms_by_idf_over_the_sentences():
+    texts = ["The Broncos won the game.", "The game was long.", "Nothing here matches.", "A team"]
+    overlap = lexical_overlap("Which team won the game?", texts)
+    # Terms: which, team, won, game ("the" is a stop word). "which" is in no text and does not count;
+    # "game" is in 2 of 4 texts, so it weighs less than "won" and "team" (1 of 4 each).
+    assert overlap[2] == 0.0
+    assert overlap[0] > overlap[3] > overlap[1] > 0.0
+    assert lexical_overlap("Which team won the game?", ["team won the games"]) == [1.0]  # stems match
+    assert lexical_overlap("the of and", texts) == [0.0] * 4  # only stop words
+    assert lexical_overlap("anything", []) == []
+
+
+def test_extractive_score_is_dense_plus_weighted_lexical_share():
+    texts = ["The Denver Broncos defeated the Carolina Panthers.", "Plants store energy in glucose."]
+    dense = ExtractiveCompressor(lexical_weight=0.0).score(QUESTION, texts)
+    mixed = ExtractiveCompressor(lexical_weight=0.5).score(QUESTION, texts)
+    lexical = lexical_overlap(QUESTION, texts)
+    assert mixed == pytest.approx([d + 0.5 * x for d, x in zip(dense, lexical)])
+    with pytest.raises(InputError, match="lexical_weight"):
+        ExtractiveCompressor(lexical_weight=-1.0)
 
 
 @few
