@@ -1,6 +1,6 @@
 """Late interaction on SciFact: candidate search against brute-force MaxSim, reranking, and index size.
 
-    python -m eval.bench_late [--data ../shared/data/scifact] [--cache DIR] [--grid] [--timed-queries 30]
+    python -m eval.bench_late [--data ../shared/data/scifact] [--cache DIR] [--grid] [--nlist N] [--timed-queries 30]
 
 One run encodes the corpus and the queries once (MiniLM token vectors, title + " " + text, at most 256
 word pieces, special tokens dropped, L2-normalised; see :mod:`indexes.late`) and reuses those vectors for
@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "scifact"
-GRID = [(4, 256), (32, 256), (32, 512), (32, 768), (16, 1024), (32, 1024), (64, 1024)]
+GRID = [(32, 1024), (64, 768), (96, 512), (128, 384), (128, 448), (128, 512), (128, 768), (192, 384)]
 BRUTE_QUERIES = 30
 
 
@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="BEIR-layout folder (default: ../shared/data/scifact)")
     parser.add_argument("--cache", type=Path, help="keep token encodings in this folder between runs")
     parser.add_argument("--grid", action="store_true", help="also try other nprobe/candidates settings")
+    parser.add_argument("--nlist", type=int, help="centroids of the late index (default: the index's default_nlist)")
     parser.add_argument("--timed-queries", type=int, default=BRUTE_QUERIES,
                         help=f"queries timed for brute force against candidate search (default {BRUTE_QUERIES})")
     args = parser.parse_args(argv)
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     del rerank
 
     # 2. The late index: int8 token vectors, centroids, lists.
-    index = LateInteractionIndex()
+    index = LateInteractionIndex(nlist=args.nlist)
     started = time.perf_counter()
     index.add_encoded(chunks, docs)
     print(f"late index (int8): centroids + assignment + lists {time.perf_counter() - started:.1f} s, "

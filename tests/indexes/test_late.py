@@ -14,6 +14,7 @@ from indexes.late import (
     LateRerankIndex,
     MaxSimReranker,
     TokenEncoder,
+    default_nlist,
     is_colbert_checkpoint,
     maxsim,
     text_of,
@@ -107,6 +108,13 @@ def test_candidate_search_equals_brute_force_when_every_list_is_probed(index: La
     assert full == brute
     narrow = index.search_encoded(vectors, k=len(DOCS), exhaustive=False, nprobe=1, candidates=2)
     assert all(len(hits) <= 2 for hits in narrow)  # only candidates are scored
+
+
+def test_default_nlist_is_four_per_sqrt_token_capped_by_the_sample() -> None:
+    assert default_nlist(1_231_885) == 4096  # SciFact's token vectors (eval/results/late.md)
+    assert default_nlist(1_000_000) == 4096 and default_nlist(10_000) == 512
+    assert default_nlist(64) == 8 and default_nlist(7) == 1  # at most n / 8: k-means needs points per centroid
+    assert default_nlist(0) == 1
 
 
 def test_compression_ratio_is_reported_and_recorded(encoder: TokenEncoder, tmp_path: Path) -> None:
