@@ -37,7 +37,7 @@ from typing import Any
 
 from eval.beir import load_beir
 from eval.metrics import evaluate_run, hits_to_run
-from rag.registry import build
+from rag.registry import build, resolve
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "scifact"
 
@@ -55,11 +55,21 @@ def _per_query_seconds(index: Any, queries: list[str], k: int) -> float:
     return statistics.median(times)
 
 
+def _open_sharded(path: Path) -> Any:
+    """A saved sharded index with its actors started, waiting for every shard however loaded the machine."""
+    from indexes.sharded import ShardedIndex
+
+    sharded = ShardedIndex.open(path)
+    sharded.timeout_s = None
+    sharded.start_timeout_s = 3600.0  # four actors loading a model at once on a busy 2-core machine take minutes
+    sharded.warm_up()
+    return sharded
+
+
 def bench_kind(kind: str, args: argparse.Namespace, dataset: Any, corpus_path: Path, root: Path) -> dict[str, Any]:
     import torch
 
     from indexes.ray_ingest import ingest
-    from indexes.sharded import ShardedIndex
 
     docs = dataset.corpus
     query_ids = list(dataset.queries)
@@ -68,7 +78,7 @@ def bench_kind(kind: str, args: argparse.Namespace, dataset: Any, corpus_path: P
 
     if args.search_only:
         # The indexes an earlier run saved under --out: compare searches only (no ingestion timings).
-        single = type(build("index", kind)).open(root / f"single-{kind}")
+        single = resolve("index", kind).open(root / f"single-{kind}")
         print(f"[{kind}] reusing {root / f'single-{kind}'} and {root / f'ray-{kind}'} (--search-only)", flush=True)
     else:
         # 1. single process, cold
@@ -95,10 +105,7 @@ def bench_kind(kind: str, args: argparse.Namespace, dataset: Any, corpus_path: P
               f"per shard {[s['chunks'] for s in result['ray_shards']]} chunks", flush=True)
 
     # 3. search: quality and latency
-    sharded = ShardedIndex.open(root / f"ray-{kind}")
-    sharded.timeout_s = None  # a benchmark waits for every shard, however loaded the machine
-    sharded.start_timeout_s = 3600.0  # four actors loading a model at once on a busy 2-core machine take minutes
-    sharded.warm_up()
+    sharded = _open_sharded(root / f"ray-{kind}")
     single.search(queries[:2], 10)  # warm both paths
     sharded.search(queries[:2], 10)
     started = time.perf_counter()
@@ -177,15 +184,12 @@ def reshard_dense(single_dir: Path, out: Path, shards: int) -> Path:
 
 def bench_resharded(single_dir: Path, args: argparse.Namespace, dataset: Any, root: Path) -> dict[str, Any]:
     from indexes.dense import DenseIndex
-    from indexes.sharded import ShardedIndex
 
     query_ids = list(dataset.queries)
     queries = [dataset.queries[q] for q in query_ids]
     out = reshard_dense(single_dir, root / "resharded-dense", args.shards)
     single = DenseIndex.open(single_dir)
-    sharded = ShardedIndex.open(out)
-    sharded.timeout_s = None
-    sharded.warm_up()
+    sharded = _open_sharded(out)
     single_hits, sharded_hits = single.search(queries, 100), sharded.search(queries, 100)
     same = sum(a == b for a, b in zip(_top_ids(single_hits), _top_ids(sharded_hits)))
     diff = max((abs(a.score - b.score) for x, y in zip(single_hits, sharded_hits) for a, b in zip(x[:10], y[:10])), default=0.0)
