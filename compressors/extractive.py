@@ -18,8 +18,9 @@ Each is scored against the query by ``scorer``:
 terms (Lucene's English analysis: stop words out, Porter stems; idf over the sentences being compressed)
 that a sentence contains, from 0 to 1 (:func:`lexical_overlap`). Answers to factoid questions often sit in
 a sentence that repeats the question's rare words while paraphrasing its topic, which sentence embeddings
-alone rank below on-topic sentences without the answer (measured in ``eval/results/compression.md``). ``lexical_weight=0`` turns it off;
-with a cross-encoder or reranker, whose scores have other scales, choose the weight for that scale.
+alone rank below on-topic sentences without the answer (measured in ``eval/results/compression.md``).
+``lexical_weight=0`` turns it off; with a cross-encoder or reranker, whose scores have other scales, choose
+the weight for that scale.
 
 The best sentences that fit are kept, in their source order (RECOMP / "extractive beats pruning");
 ``neighbours`` adds up to that many sentences either side of each kept one while the budget allows.
