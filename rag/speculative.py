@@ -66,30 +66,73 @@ class SpecStats(DecodeStats):
         }
 
 
-class AcceptanceTracker:
-    """Recent per-token acceptance rate of each (drafter, match-length bucket), with exponential decay.
+# Prior acceptance of a looked-up draft by match-length bucket (0, 1, 2-3, 4-7, 8-15, 16+ tokens): the
+# chance that its first token is accepted, and that each later token is, given the one before was. Acceptance
+# of such drafts is bimodal (the match was a coincidence and the first token fails, or a copy is under way
+# and most of the draft passes), so one per-token rate fits neither case. Measured with forced 15-token SAM
+# drafts on HotpotQA RAG prompts (eval/results/generate.md); the tracker replaces them with what it sees.
+DEFAULT_FIRST_PRIORS: tuple[float, ...] = (0.2, 0.35, 0.5, 0.7, 0.8, 0.85)
+DEFAULT_CONTINUE_PRIOR = 0.85
 
-    Under the usual geometric model a draft that had ``k`` tokens accepted and then one rejected is
-    ``k`` successes and one failure; a fully accepted draft is ``k`` successes.
+
+class AcceptanceTracker:
+    """Recent acceptance of each (drafter, match-length bucket), with exponential decay.
+
+    Two rates per key: the first draft token's acceptance, and each later token's given the one before was
+    accepted. A draft with ``k`` of ``n`` tokens accepted is a first-token success (``k > 0``) or failure,
+    plus ``k - 1`` later successes and one later failure if ``0 < k < n``. A key whose drafts the width
+    policy keeps declining is explored after ``explore_after`` declines (its draft is fed anyway), so a
+    pessimistic estimate can recover.
     """
 
-    def __init__(self, decay: float = 0.9, prior: float = 0.6, prior_weight: float = 2.0) -> None:
-        self.decay, self.prior, self.prior_weight = decay, prior, prior_weight
-        self.counts: dict[tuple[str, int], list[float]] = {}
+    def __init__(self, decay: float = 0.9, first_priors: tuple[float, ...] = DEFAULT_FIRST_PRIORS,
+                 continue_prior: float = DEFAULT_CONTINUE_PRIOR, prior_weight: float = 2.0,
+                 explore_after: int = 32) -> None:
+        if len(first_priors) != 6:
+            raise InputError(f"AcceptanceTracker: first_priors needs one value per match-length bucket (6), got {len(first_priors)}")
+        self.decay, self.prior_weight, self.explore_after = decay, prior_weight, explore_after
+        self.first_priors, self.continue_prior = tuple(first_priors), continue_prior
+        self.counts: dict[tuple[str, int], list[float]] = {}  # key -> [first ok, first failed, later ok, later failed]
+        self.declines: dict[tuple[str, int], int] = {}
 
     @staticmethod
     def bucket(match_length: int) -> int:
-        return 0 if match_length <= 0 else 1 if match_length == 1 else 2 if match_length <= 3 else 3 if match_length <= 7 else 4
+        for number, upper in enumerate((0, 1, 3, 7, 15)):
+            if match_length <= upper:
+                return number
+        return 5
 
-    def rate(self, source: str, match_length: int) -> float:
-        success, failure = self.counts.get((source, self.bucket(match_length)), (0.0, 0.0))
-        return (success + self.prior * self.prior_weight) / (success + failure + self.prior_weight)
+    def _estimate(self, successes: float, failures: float, prior: float) -> float:
+        return (successes + prior * self.prior_weight) / (successes + failures + self.prior_weight)
+
+    def accept_probs(self, source: str, match_length: int, n: int) -> list[float]:
+        """Acceptance probability of each of ``n`` draft tokens, given the tokens before it were accepted."""
+        bucket = self.bucket(match_length)
+        first_ok, first_failed, later_ok, later_failed = self.counts.get((source, bucket), (0.0, 0.0, 0.0, 0.0))
+        first = self._estimate(first_ok, first_failed, self.first_priors[bucket])
+        later = self._estimate(later_ok, later_failed, self.continue_prior)
+        return [first] + [later] * (n - 1) if n > 0 else []
 
     def update(self, source: str, match_length: int, offered: int, accepted: int) -> None:
         key = (source, self.bucket(match_length))
-        counts = self.counts.setdefault(key, [0.0, 0.0])
-        counts[0] = counts[0] * self.decay + accepted
-        counts[1] = counts[1] * self.decay + (1 if accepted < offered else 0)
+        counts = self.counts.setdefault(key, [0.0, 0.0, 0.0, 0.0])
+        counts[:] = [c * self.decay for c in counts]
+        if accepted == 0:
+            counts[1] += 1
+        else:
+            counts[0] += 1
+            counts[2] += accepted - 1
+            counts[3] += 1 if accepted < offered else 0
+        self.declines.pop(key, None)
+
+    def declined(self, source: str, match_length: int) -> bool:
+        """Note that a draft of this key was not fed; True (and the count restarts) when it is time to explore."""
+        key = (source, self.bucket(match_length))
+        self.declines[key] = self.declines.get(key, 0) + 1
+        if self.declines[key] >= self.explore_after:
+            del self.declines[key]
+            return True
+        return False
 
 
 class WidthPolicy:
@@ -121,10 +164,6 @@ class WidthPolicy:
             if expected / cost > best_value + 1e-9:
                 best_width, best_value = width, expected / cost
         return best_width
-
-    def useful_draft(self, rate: float) -> int:
-        """How many tokens are worth drafting when each is accepted with probability ``rate``."""
-        return self.choose([rate] * self.max_draft) - 1
 
 
 def measure_width_costs(lm: CausalLM, context_ids: list[int], widths: list[int], repeats: int = 3) -> dict[int, float]:
@@ -207,8 +246,10 @@ def speculative_decode(
         if draft.confidence is not None:
             probs = [min(c, 0.99) for c in draft.confidence[: len(tokens)]]
         else:
-            probs = [tracker.rate(draft.source, draft.match_length)] * len(tokens)
+            probs = tracker.accept_probs(draft.source, draft.match_length, len(tokens))
         width = policy.choose(probs) if tokens else 1
+        if width == 1 and tokens and draft.confidence is None and tracker.declined(draft.source, draft.match_length):
+            width = policy.choose([0.99] * len(tokens))  # explore: verify the draft so the estimate can recover
         tokens = tokens[: width - 1]
         n_real = len(tokens)
         fed_draft = tokens + [tokens[-1] if tokens else pending] * (width - 1 - n_real)

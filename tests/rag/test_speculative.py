@@ -224,3 +224,53 @@ def test_real_qwen_greedy_speculation_matches_plain():
         stats = SpecStats()
         ours = list(speculative_decode(qwen, prompt, build_drafter(["sam", "ngram"]), max_new_tokens=20, stats=stats))
         assert ours == plain, qwen.tokenizer.decode(ours) + " | " + qwen.tokenizer.decode(plain)
+
+
+# -- acceptance estimates and exploration ---------------------------------------------------------------
+
+
+def test_tracker_priors_grow_with_match_length_and_learn_two_rates():
+    from rag.speculative import AcceptanceTracker
+
+    tracker = AcceptanceTracker()
+    firsts = [tracker.accept_probs("sam", length, 3)[0] for length in (0, 1, 2, 4, 8, 16)]
+    assert firsts == sorted(firsts) and firsts[0] < firsts[-1]
+    assert tracker.accept_probs("sam", 5, 0) == []
+    before = tracker.accept_probs("sam", 5, 4)
+    for _ in range(5):  # coincidental matches: the first token fails, nothing is learned about later tokens
+        tracker.update("sam", 5, offered=4, accepted=0)
+    after = tracker.accept_probs("sam", 5, 4)
+    assert after[0] < before[0] and after[1:] == before[1:]
+    for _ in range(5):  # copies under way: whole drafts accepted
+        tracker.update("sam", 20, offered=8, accepted=8)
+    assert min(tracker.accept_probs("sam", 20, 8)) > 0.9
+    assert tracker.accept_probs("ngram", 5, 2) == before[:2]  # drafters are tracked apart
+
+
+def test_tracker_explores_a_key_the_policy_keeps_declining():
+    from rag.speculative import AcceptanceTracker
+
+    tracker = AcceptanceTracker(explore_after=3)
+    assert [tracker.declined("sam", 1) for _ in range(6)] == [False, False, True, False, False, True]
+    tracker.declined("sam", 1)
+    tracker.update("sam", 1, offered=2, accepted=1)  # a verified draft restarts the count
+    assert [tracker.declined("sam", 1) for _ in range(3)] == [False, False, True]
+
+
+def test_exploration_drafts_even_when_no_width_pays_at_the_estimate(lm):
+    """Priors too low for any wide pass to pay: the loop still verifies a draft every few declines and
+    stays token-identical to plain greedy decoding."""
+    from rag.speculative import AcceptanceTracker
+
+    prompt = prompts(1, seed=6)[0] * 3  # repeated text, so lookup drafts exist
+    plain = list(decode(lm, prompt, max_new_tokens=40))
+    pessimist = AcceptanceTracker(first_priors=(0.01,) * 6, continue_prior=0.01, explore_after=4)
+    stats = SpecStats()
+    ours = list(speculative_decode(lm, prompt, SuffixAutomatonDrafter(), max_new_tokens=40, stats=stats,
+                                   policy=WidthPolicy({1: 1.0, 8: 2.5}), tracker=pessimist))
+    assert ours == plain and stats.verify_passes >= 1
+    never = AcceptanceTracker(first_priors=(0.01,) * 6, continue_prior=0.01, explore_after=10**6)
+    stats = SpecStats()
+    list(speculative_decode(lm, prompt, SuffixAutomatonDrafter(), max_new_tokens=40, stats=stats,
+                            policy=WidthPolicy({1: 1.0, 8: 2.5}), tracker=never))
+    assert stats.verify_passes == 0
