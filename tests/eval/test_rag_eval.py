@@ -198,3 +198,15 @@ def test_data_info_prints_cards_for_beir_and_qa_folders(data_dir: Path, capsys: 
     assert (hotpot["kind"], hotpot["queries_with_answers"], hotpot["documents"]) == ("qa", 500, 4920)
     assert set(hotpot["splits"]) == {"test", "test_gold_complete"}
     assert main(["data", "info", str(data_dir / "no-such-set")]) == 2
+
+
+def test_shipped_pipeline_configs_load():
+    """The configs named in eval/results commands build pipelines (int8 generator: opt-in, recorded)."""
+    from pathlib import Path
+
+    from rag.pipeline import Pipeline
+
+    configs = sorted((Path(__file__).resolve().parents[2] / "eval" / "configs").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        assert Pipeline.from_config(path).to_config()["generator"]["params"]["quantize"] in (None, "int8")
