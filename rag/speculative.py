@@ -70,7 +70,8 @@ class SpecStats(DecodeStats):
 # chance that its first token is accepted, and that each later token is, given the one before was. Acceptance
 # of such drafts is bimodal (the match was a coincidence and the first token fails, or a copy is under way
 # and most of the draft passes), so one per-token rate fits neither case. Measured with forced 15-token SAM
-# drafts on HotpotQA RAG prompts (eval/results/generate.md); the tracker replaces them with what it sees.
+# drafts on HotpotQA RAG prompts (python -m eval.draft_acceptance; eval/results/generate.md); the tracker
+# replaces them with what it sees.
 DEFAULT_FIRST_PRIORS: tuple[float, ...] = (0.2, 0.35, 0.5, 0.7, 0.8, 0.85)
 DEFAULT_CONTINUE_PRIOR = 0.85
 
@@ -89,7 +90,8 @@ class AcceptanceTracker:
                  continue_prior: float = DEFAULT_CONTINUE_PRIOR, prior_weight: float = 2.0,
                  explore_after: int = 32) -> None:
         if len(first_priors) != 6:
-            raise InputError(f"AcceptanceTracker: first_priors needs one value per match-length bucket (6), got {len(first_priors)}")
+            raise InputError("AcceptanceTracker: first_priors needs one value per match-length bucket (6), "
+                             f"got {len(first_priors)}")
         self.decay, self.prior_weight, self.explore_after = decay, prior_weight, explore_after
         self.first_priors, self.continue_prior = tuple(first_priors), continue_prior
         self.counts: dict[tuple[str, int], list[float]] = {}  # key -> [first ok, first failed, later ok, later failed]
