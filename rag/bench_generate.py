@@ -140,8 +140,8 @@ def run_bench(args: argparse.Namespace) -> int:
     print(f"model {args.model}, draft {args.draft}, {len(prompts)} prompts of {min(map(len, prompts))}-"
           f"{max(map(len, prompts))} tokens, top-5 dense hits over {facts['indexed_paragraphs']} paragraphs "
           f"({facts['articles']} articles); {args.max_new_tokens} new tokens, {args.threads} threads")
-    print("verification width costs (x one-token pass): " + ", ".join(f"{w}: {c:.2f}" for w, c in sorted(costs.items()))
-          )
+    print("verification width costs (x one-token pass): "
+          + ", ".join(f"{w}: {c:.2f}" for w, c in sorted(costs.items())))
 
     methods: dict[str, Any] = {
         "plain": lambda p: run_builtin(lm, p, args.max_new_tokens),
