@@ -18,8 +18,6 @@ import argparse
 import json
 from typing import Any
 
-BUCKETS = ("0", "1", "2-3", "4-7", "8-15", "16+")
-
 
 def measure(data: str, n: int, drafter_name: str, model: str, max_new_tokens: int) -> dict[str, Any]:
     """Per-bucket draft counts and first/later acceptance rates with forced full-length drafts."""
@@ -28,36 +26,22 @@ def measure(data: str, n: int, drafter_name: str, model: str, max_new_tokens: in
     from rag.lm import load_causal_lm
     from rag.speculative import AcceptanceTracker, WidthPolicy, speculative_decode
 
-    class Recorder(AcceptanceTracker):
-        def __init__(self) -> None:
-            super().__init__()
-            self.drafts: list[tuple[int, int, int]] = []  # (match length, offered, accepted)
-
-        def update(self, source: str, match_length: int, offered: int, accepted: int) -> None:
-            self.drafts.append((match_length, offered, accepted))
-            super().update(source, match_length, offered, accepted)
-
     lm = load_causal_lm(model)
     prompts, facts = build_prompts(data, n, lm)
-    recorder = Recorder()
+    totals = AcceptanceTracker(decay=1.0)  # no decay: its counts are the totals over every draft
     free_width = WidthPolicy({1: 1.0, 16: 1.0})  # a 16-wide pass "costs" one token: always draft in full
     for prompt in prompts:
         for _ in speculative_decode(lm, prompt, build_drafter([drafter_name]), max_new_tokens=max_new_tokens,
-                                    session=facts["generator"].session(lm), policy=free_width, tracker=recorder):
+                                    session=facts["generator"].session(lm), policy=free_width, tracker=totals):
             pass
-    counts = {name: {"drafts": 0, "first_ok": 0, "later_ok": 0, "later_failed": 0} for name in BUCKETS}
-    for match_length, offered, accepted in recorder.drafts:
-        row = counts[BUCKETS[AcceptanceTracker.bucket(match_length)]]
-        row["drafts"] += 1
-        row["first_ok"] += accepted > 0
-        row["later_ok"] += max(accepted - 1, 0)
-        row["later_failed"] += 1 if 0 < accepted < offered else 0
+    labels = AcceptanceTracker.bucket_labels()
     buckets = {}
-    for name, row in counts.items():
-        if row["drafts"]:
-            later = row["later_ok"] + row["later_failed"]
-            buckets[name] = {"drafts": row["drafts"], "first_rate": row["first_ok"] / row["drafts"],
-                             "later_rate": row["later_ok"] / later if later else None}
+    for (_, bucket), (first_ok, first_failed, later_ok, later_failed) in sorted(totals.counts.items()):
+        n_drafts = first_ok + first_failed
+        if n_drafts:
+            later = later_ok + later_failed
+            buckets[labels[bucket]] = {"drafts": int(n_drafts), "first_rate": first_ok / n_drafts,
+                                       "later_rate": later_ok / later if later else None}
     return {"data": data, "prompts": len(prompts), "drafter": drafter_name, "model": model, "buckets": buckets}
 
 

@@ -17,6 +17,7 @@ match the target is accepted like any other: verification is exact whatever is f
 
 from __future__ import annotations
 
+import bisect
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -74,6 +75,8 @@ class SpecStats(DecodeStats):
 # replaces them with what it sees.
 DEFAULT_FIRST_PRIORS: tuple[float, ...] = (0.2, 0.35, 0.5, 0.7, 0.8, 0.85)
 DEFAULT_CONTINUE_PRIOR = 0.85
+# Upper bounds (inclusive) of the match-length buckets; one more bucket holds everything longer.
+MATCH_LENGTH_BOUNDS: tuple[int, ...] = (0, 1, 3, 7, 15)
 
 
 class AcceptanceTracker:
@@ -89,9 +92,9 @@ class AcceptanceTracker:
     def __init__(self, decay: float = 0.9, first_priors: tuple[float, ...] = DEFAULT_FIRST_PRIORS,
                  continue_prior: float = DEFAULT_CONTINUE_PRIOR, prior_weight: float = 2.0,
                  explore_after: int = 32) -> None:
-        if len(first_priors) != 6:
-            raise InputError("AcceptanceTracker: first_priors needs one value per match-length bucket (6), "
-                             f"got {len(first_priors)}")
+        if len(first_priors) != len(MATCH_LENGTH_BOUNDS) + 1:
+            raise InputError("AcceptanceTracker: first_priors needs one value per match-length bucket "
+                             f"({len(MATCH_LENGTH_BOUNDS) + 1}), got {len(first_priors)}")
         self.decay, self.prior_weight, self.explore_after = decay, prior_weight, explore_after
         self.first_priors, self.continue_prior = tuple(first_priors), continue_prior
         self.counts: dict[tuple[str, int], list[float]] = {}  # key -> [first ok, first failed, later ok, later failed]
@@ -99,10 +102,17 @@ class AcceptanceTracker:
 
     @staticmethod
     def bucket(match_length: int) -> int:
-        for number, upper in enumerate((0, 1, 3, 7, 15)):
-            if match_length <= upper:
-                return number
-        return 5
+        """Index of the match-length bucket (``MATCH_LENGTH_BOUNDS``) that ``match_length`` falls in."""
+        return bisect.bisect_left(MATCH_LENGTH_BOUNDS, match_length)
+
+    @staticmethod
+    def bucket_labels() -> tuple[str, ...]:
+        """Readable names of the buckets, in order: ``("0", "1", "2-3", "4-7", "8-15", "16+")``."""
+        labels, low = [], 0
+        for upper in MATCH_LENGTH_BOUNDS:
+            labels.append(str(upper) if upper == low else f"{low}-{upper}")
+            low = upper + 1
+        return (*labels, f"{low}+")
 
     def _estimate(self, successes: float, failures: float, prior: float) -> float:
         return (successes + prior * self.prior_weight) / (successes + failures + self.prior_weight)

@@ -247,6 +247,17 @@ def test_tracker_priors_grow_with_match_length_and_learn_two_rates():
     assert tracker.accept_probs("ngram", 5, 2) == before[:2]  # drafters are tracked apart
 
 
+def test_tracker_buckets_match_their_labels():
+    from rag.speculative import AcceptanceTracker
+
+    labels = AcceptanceTracker.bucket_labels()
+    assert labels == ("0", "1", "2-3", "4-7", "8-15", "16+")
+    for length in range(40):  # each length falls in the bucket whose label covers it
+        label = labels[AcceptanceTracker.bucket(length)]
+        low, _, high = label.rstrip("+").partition("-")
+        assert int(low) <= length and (label.endswith("+") or length <= int(high or low))
+
+
 def test_tracker_explores_a_key_the_policy_keeps_declining():
     from rag.speculative import AcceptanceTracker
 
