@@ -115,7 +115,8 @@ class SurprisalCompressor(_Pruner):
 
     ``model``: a causal LM (pack name, path or hub id); ``window_tokens``: passage tokens per row;
     ``context_tokens``: tokens of the passage before a window repeated at its start (scored only as
-    context); ``batch_size``: rows per forward pass; ``question_aware``: condition on the question.
+    context); ``batch_size``: rows per forward pass; ``question_aware``: condition on the question;
+    ``quantize="int8"``: torch dynamic int8 Linear layers (faster on a CPU, approximate scores; opt-in).
     """
 
     def __init__(
@@ -128,6 +129,7 @@ class SurprisalCompressor(_Pruner):
         context_tokens: int = 64,
         batch_size: int = 8,
         dtype: str = "float32",
+        quantize: str | None = None,
         tokenizer: str = DEFAULT_TOKENIZER,
     ) -> None:
         check_budget_params("surprisal", rate, target_tokens)
@@ -142,6 +144,7 @@ class SurprisalCompressor(_Pruner):
         self.context_tokens = context_tokens
         self.batch_size = batch_size
         self.dtype = dtype
+        self.quantize = quantize
         self.tokenizer = tokenizer
 
     def word_score(self, values: np.ndarray) -> float:
@@ -152,7 +155,7 @@ class SurprisalCompressor(_Pruner):
 
         from rag.lm import load_causal_lm
 
-        lm = load_causal_lm(self.model, self.dtype)
+        lm = load_causal_lm(self.model, self.dtype, self.quantize)
         tok = lm.tokenizer
         encoded = tok(texts, add_special_tokens=False, return_offsets_mapping=True)
         prefix: list[int] = []

@@ -79,6 +79,15 @@ def test_surprisal_drops_predictable_words_first_and_keeps_names():
     assert kept.count("the") < original.count("the")
 
 
+def test_int8_surprisal_keeps_the_budget_and_mostly_the_same_words():
+    hits = hits_of(PASSAGES[:2])
+    full = SurprisalCompressor(rate=0.5).compress(QUESTION, hits)
+    quantized = SurprisalCompressor(rate=0.5, quantize="int8").compress(QUESTION, hits)
+    check_context(quantized, hits)
+    same = set(full.text.split()) & set(quantized.text.split())
+    assert len(same) >= 0.7 * len(set(full.text.split()))  # approximate scores, much the same choice
+
+
 def test_surprisal_windows_and_batches_give_the_same_budgeted_result_shape():
     long_text = " ".join(PASSAGES * 2)
     hits = hits_of([long_text, PASSAGES[1]])
