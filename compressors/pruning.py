@@ -4,15 +4,15 @@ Two ways to say which words matter, one selection (whole words only, best first 
 source order, as in :func:`compressors.base.greedy`):
 
 - :class:`SurprisalCompressor` (LLMLingua-1 / Selective-Context, question-aware like LongLLMLingua): a
-  small causal LM (``smollm2-135m`` by default) reads ``Question: ...`` then each passage; a word's score
+  small causal LM (``smollm2-135m`` by default) reads ``Question: ...`` then the passages; a word's score
   is its self-information, the sum of its tokens' surprisal ``-log p(token | question, text before)``.
   Predictable words (function words, the rest of a name once its start is known) go first.
 - :class:`ClassifierCompressor` (LLMLingua-2 layout): an ``AutoModelForTokenClassification`` at
   ``model`` gives each token a keep probability (label ``keep_label``); a word's score is the mean over its
   tokens. No offline weights exist for LLMLingua-2; bring a checkpoint by path or hub id.
 
-Both read long passages in windows (``window_tokens`` per row, each row starting with the question for
-the LM) and run the rows of all passages in padded batches of ``batch_size`` rows.
+Both read long texts in windows (``window_tokens`` per row) and run the rows in padded batches of
+``batch_size`` rows. The surprisal LM reads all passages as one stream, each row starting with the question.
 
     >>> from compressors.pruning import SurprisalCompressor
     >>> SurprisalCompressor(rate=0.5).compress("Who won?", hits).text     # doctest: +SKIP
@@ -113,9 +113,10 @@ def token_starts_with_index(text: str, offsets: Sequence[tuple[int, int]]) -> tu
 class SurprisalCompressor(_Pruner):
     """Keep the words a small LM finds most surprising given the question (see the module docstring).
 
-    ``model``: a causal LM (pack name, path or hub id); ``window_tokens``: passage tokens per row;
-    ``context_tokens``: tokens of the passage before a window repeated at its start (scored only as
-    context); ``batch_size``: rows per forward pass; ``question_aware``: condition on the question;
+    The passages are read as one stream (in order, a blank line between them) cut into windows.
+    ``model``: a causal LM (pack name, path or hub id); ``window_tokens``: stream tokens scored per row;
+    ``context_tokens``: stream tokens before a window read again at its start (context, not scored);
+    ``batch_size``: rows per forward pass; ``question_aware``: condition on the question;
     ``quantize="int8"``: torch dynamic int8 Linear layers (faster on a CPU, approximate scores; opt-in).
     """
 
@@ -125,8 +126,8 @@ class SurprisalCompressor(_Pruner):
         target_tokens: int | None = None,
         model: str = "smollm2-135m",
         question_aware: bool = True,
-        window_tokens: int = 256,
-        context_tokens: int = 64,
+        window_tokens: int = 512,
+        context_tokens: int = 32,
         batch_size: int = 8,
         dtype: str = "float32",
         quantize: str | None = None,
@@ -163,37 +164,76 @@ class SurprisalCompressor(_Pruner):
             prefix.append(tok.bos_token_id)
         if self.question_aware and query.strip():
             prefix += tok(f"Question: {query.strip()}\nRelevant text:\n", add_special_tokens=False)["input_ids"]
-        # Rows: (text, first scored token, end token, context start); each row is prefix + context + window.
-        rows = []
+        # The texts read as one stream, in order, a blank line between them: the question is read once per
+        # window rather than once per passage, and each passage is read after the ones before it (as
+        # LLMLingua and Selective-Context read a whole context). ``origin`` says which text and token each
+        # stream position is (-1 for the separators, which are not scored).
+        separator = tok("\n\n", add_special_tokens=False)["input_ids"]
+        stream: list[int] = []
+        origin_text: list[int] = []
+        origin_token: list[int] = []
         for number, ids in enumerate(encoded["input_ids"]):
-            for begin in range(0, len(ids), self.window_tokens):
-                rows.append((number, begin, min(begin + self.window_tokens, len(ids)),
-                             max(begin - self.context_tokens, 0)))
+            if number and ids:
+                stream += separator
+                origin_text += [-1] * len(separator)
+                origin_token += [-1] * len(separator)
+            stream += ids
+            origin_text += [number] * len(ids)
+            origin_token += range(len(ids))
         scores = [np.full(len(ids), np.nan) for ids in encoded["input_ids"]]
+        # Rows: prefix + up to ``context_tokens`` stream tokens before the window (read, not scored) + the
+        # window. Hidden states go through the output layer only where they predict a scored token.
+        rows = [(begin, min(begin + self.window_tokens, len(stream)), max(begin - self.context_tokens, 0))
+                for begin in range(0, len(stream), self.window_tokens)]
+        body, head = lm.model.base_model, lm.model.get_output_embeddings()
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-        # Longest rows first, so each batch pads little.
-        rows.sort(key=lambda r: -(r[2] - r[3]))
         with torch.inference_mode():
             for first in range(0, len(rows), self.batch_size):
                 batch = rows[first:first + self.batch_size]
-                sequences = [prefix + encoded["input_ids"][n][c:e] for n, b, e, c in batch]
+                sequences = [prefix + stream[c:e] for b, e, c in batch]
                 width = max(len(s) for s in sequences)
                 input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
                 mask = torch.zeros((len(batch), width), dtype=torch.long)
                 for r, seq in enumerate(sequences):
                     input_ids[r, :len(seq)] = torch.tensor(seq)
                     mask[r, :len(seq)] = 1
-                logits = lm.model(input_ids=input_ids, attention_mask=mask).logits.float()
-                logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
-                surprisal = -logprobs.gather(2, input_ids[:, 1:].unsqueeze(2)).squeeze(2).numpy()
-                for r, (n, b, e, c) in enumerate(batch):
-                    # Token j of the text sits at position len(prefix) + (j - c); it is predicted at the
-                    # position before it. With no prefix the text's very first token stays unscored.
-                    for j in range(b, e):
-                        position = len(prefix) + (j - c)
-                        if position >= 1:
-                            scores[n][j] = surprisal[r, position - 1]
+                hidden = body(input_ids=input_ids, attention_mask=mask).last_hidden_state
+                # Stream token i of row r sits at len(prefix) + i - c and is predicted one position before.
+                # With no prefix the stream's very first token stays unscored.
+                where = [(r, i, len(prefix) + i - c - 1) for r, (b, e, c) in enumerate(batch)
+                         for i in range(b, e) if origin_text[i] >= 0 and len(prefix) + i - c >= 1]
+                if not where:
+                    continue
+                r_index = torch.tensor([r for r, _, _ in where])
+                p_index = torch.tensor([p for _, _, p in where])
+                targets = torch.tensor([stream[i] for _, i, _ in where])
+                surprisal = _surprisal(head, hidden[r_index, p_index], targets, lm.model.config)
+                for (_, i, _), value in zip(where, surprisal.tolist()):
+                    scores[origin_text[i]][origin_token[i]] = value
         return [list(map(tuple, o)) for o in encoded["offset_mapping"]], scores
+
+
+# Output-layer rows per step: bounds the [rows, vocabulary] logits held at once (49,152 floats a row here).
+_HEAD_ROWS = 256
+
+
+def _surprisal(head: Any, hidden: Any, targets: Any, config: Any) -> Any:
+    """``-log p(target)`` from final hidden states: the logsumexp of the logits minus the target's logit.
+
+    Cheaper than the model's own full forward: logits only where a token is scored, and no vocabulary-wide
+    log-softmax copy. Models that soft-cap their logits (Gemma 2) are capped the same way.
+    """
+    import torch
+
+    cap = getattr(config, "final_logit_softcapping", None)
+    out = []
+    for start in range(0, len(hidden), _HEAD_ROWS):
+        logits = head(hidden[start:start + _HEAD_ROWS]).float()
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        target = logits.gather(1, targets[start:start + _HEAD_ROWS, None]).squeeze(1)
+        out.append(torch.logsumexp(logits, dim=-1) - target)
+    return torch.cat(out)
 
 
 class ClassifierCompressor(_Pruner):

@@ -162,3 +162,34 @@ def test_pipeline_hands_its_budget_to_the_compressor(tmp_path):
     answer = pipe.ask(QUESTION)
     (record,) = [r for r in answer.trace.stages if r.stage == "compress"]
     assert 0 < record.tokens_out <= 12 < record.tokens_in
+
+
+def test_windowed_surprisal_equals_one_full_forward_of_question_and_passages():
+    import numpy as np
+    import torch
+
+    from rag.lm import load_causal_lm
+
+    texts = PASSAGES[:2]
+    lm = load_causal_lm("smollm2-135m")
+    tok = lm.tokenizer
+    # Reference: the model's own logits over prefix + passage 1 + blank line + passage 2, log-softmaxed.
+    prefix = tok(f"Question: {QUESTION}\nRelevant text:\n", add_special_tokens=False)["input_ids"]
+    if tok.bos_token_id is not None:
+        prefix = [tok.bos_token_id] + prefix
+    first, second = (tok(t, add_special_tokens=False)["input_ids"] for t in texts)
+    sequence = prefix + first + tok("\n\n", add_special_tokens=False)["input_ids"] + second
+    with torch.inference_mode():
+        logprobs = torch.log_softmax(lm.model(input_ids=torch.tensor([sequence])).logits[0].float(), dim=-1)
+    reference = -logprobs[:-1].gather(1, torch.tensor(sequence[1:])[:, None]).squeeze(1).numpy()
+    expected_second = reference[len(sequence) - 1 - len(second):]
+    # One window holding everything gives the reference exactly; small windows with context stay close
+    # for the tokens they read with the whole question and enough text before them.
+    whole = SurprisalCompressor(window_tokens=4096)
+    offsets, scores = whole.token_scores(QUESTION, texts)
+    assert [len(o) for o in offsets] == [len(first), len(second)]
+    np.testing.assert_allclose(scores[0], reference[len(prefix) - 1:len(prefix) - 1 + len(first)], atol=1e-3)
+    np.testing.assert_allclose(scores[1], expected_second, atol=1e-3)
+    windowed = SurprisalCompressor(window_tokens=16, context_tokens=4, batch_size=2).token_scores(QUESTION, texts)[1]
+    assert all(np.isfinite(s).all() for s in windowed)
+    assert np.corrcoef(windowed[1], expected_second)[0, 1] > 0.7
