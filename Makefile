@@ -23,6 +23,7 @@ bench: packs
 	$(BIN)/python -m eval.bench_dense
 	$(BIN)/python -m eval.bench_late
 	$(BIN)/python -m eval.bench_chunking
+	$(BIN)/python -m eval.bench_compression --repeats 2
 
 install: $(STAMP)
 

@@ -1,0 +1,124 @@
+"""Compression speed on a long context: surprisal pruning (fp32 and int8) against extractive, in one run.
+
+    python -m eval.bench_compression [--data ../shared/data/squad-v1.1-dev] [--tokens 4000] [--repeats 1]
+                                     [--threads 2] [--rate 3]
+
+The context is SQuAD paragraphs in corpus order, one hit each, until ``--tokens`` tokens of the
+generator's tokenizer (the budget's unit). Every compressor is built, warmed up on one short hit (models
+load outside the timing), then times ``compress(question, hits)`` at a third of the tokens; with
+``--repeats`` the order alternates, so that a change in machine load hits every compressor alike. Prints
+seconds, tokens/s and the time against fp32 surprisal, then what the scorer's matrix products alone cost
+at this CPU's measured fp32 matrix-multiply rate (a floor for fp32 surprisal: the scorer reads every token
+once through a 135M-parameter model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from rag.types import Chunk, Hit
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad-v1.1-dev"
+QUESTION = "When was the stadium built?"
+COMPRESSORS: dict[str, tuple[str, dict[str, Any]]] = {
+    "surprisal": ("surprisal", {}),
+    "surprisal int8": ("surprisal", {"quantize": "int8"}),
+    "extractive": ("extractive", {}),
+    "extractive+surprisal": ("extractive+surprisal", {}),
+}
+
+
+def build_hits(data_dir: str | Path, tokens: int) -> list[Hit]:
+    """SQuAD paragraphs of ``data_dir/corpus.jsonl`` in order, one hit each, until ``tokens`` generator tokens."""
+    from compressors.base import DEFAULT_TOKENIZER, TokenCounter
+    from rag.io import read_documents
+
+    counter = TokenCounter(DEFAULT_TOKENIZER)
+    hits: list[Hit] = []
+    total = 0
+    for paragraph in read_documents(Path(data_dir) / "corpus.jsonl"):
+        chunk = Chunk(id=paragraph.id, doc_id=paragraph.id, text=paragraph.text, start=0, end=len(paragraph.text))
+        hits.append(Hit(chunk=chunk, score=1.0, source="bench"))
+        total += counter.count([paragraph.text])[0]
+        if total >= tokens:
+            break
+    return hits
+
+
+def gemm_gflops(seconds: float = 1.0) -> float:
+    """This CPU's fp32 matrix-multiply rate (GFLOP/s) at the shape of SmolLM2-135M's MLP on 512 tokens."""
+    import torch
+
+    a, w = torch.randn(512, 576), torch.randn(1536, 576)
+    torch.nn.functional.linear(a, w)
+    runs, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        torch.nn.functional.linear(a, w)
+        runs += 1
+    return 2 * 512 * 576 * 1536 * runs / (time.perf_counter() - started) / 1e9
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m eval.bench_compression", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default=str(DEFAULT_DATA), help="QA/BEIR folder whose corpus.jsonl gives the text")
+    parser.add_argument("--tokens", type=int, default=4000, help="context length in generator tokens (default 4000)")
+    parser.add_argument("--rate", type=float, default=3.0, help="compression factor (default 3: keep a third)")
+    parser.add_argument("--repeats", type=int, default=1, help="timed runs per compressor (default 1)")
+    parser.add_argument("--compressors", default=",".join(COMPRESSORS), help=f"from {', '.join(COMPRESSORS)}")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from rag.lm import load_causal_lm
+    from rag.registry import build
+
+    hits = build_hits(args.data, args.tokens)
+    names = [n.strip() for n in args.compressors.split(",") if n.strip()]
+    unknown = [n for n in names if n not in COMPRESSORS]
+    if unknown:
+        parser.error(f"unknown compressors {unknown}; choose from {', '.join(COMPRESSORS)}")
+    compressors = {n: build("compressor", {"type": COMPRESSORS[n][0], "params": {**COMPRESSORS[n][1], "rate": 1 / args.rate}})
+                   for n in names}
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    for name, compressor in compressors.items():
+        compressor.compress("warm up", hits[:1])
+    seconds = {name: 0.0 for name in names}
+    contexts = {}
+    for repeat in range(args.repeats):
+        for name in names if repeat % 2 == 0 else names[::-1]:
+            started = time.perf_counter()
+            contexts[name] = compressors[name].compress(QUESTION, hits)
+            seconds[name] += time.perf_counter() - started
+    original = next(iter(contexts.values())).original_tokens
+    print(
+        f"context: {len(hits)} SQuAD paragraphs, {original:,} generator tokens, compressed {args.rate:g}x; torch threads "
+        f"{torch.get_num_threads()}, {os.cpu_count()} CPUs, load average {load:.1f} at start\n"
+    )
+    print("| compressor | seconds | tokens/s | kept tokens | x surprisal fp32 time |")
+    print("|---|---:|---:|---:|---:|")
+    base = seconds.get("surprisal")
+    for name in names:
+        per_run = seconds[name] / args.repeats
+        ratio = f"{seconds[name] / base:.2f}" if base else "-"
+        print(f"| {name} | {per_run:.1f} | {original / per_run:,.0f} | {contexts[name].kept_tokens:,} | {ratio} |")
+    lm = load_causal_lm("smollm2-135m")
+    scorer_tokens = len(lm.tokenizer("\n\n".join(h.chunk.text for h in hits))["input_ids"])
+    parameters = sum(p.numel() for p in lm.model.parameters())  # tied: the embedding is also the output layer
+    rate = gemm_gflops()
+    floor = 2 * parameters * scorer_tokens / rate / 1e9 / args.threads
+    print(
+        f"\nSmolLM2-135M reads {scorer_tokens:,} of its tokens: {2 * parameters * scorer_tokens / 1e12:.2f} TFLOP of matrix "
+        f"products. This CPU multiplies at {rate:.0f} GFLOP/s a thread (fp32), so fp32 surprisal cannot take less than "
+        f"about {floor:.1f} s on {args.threads} thread(s), attention and the question read per window aside."
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
