@@ -63,9 +63,11 @@ class _Pruner(BaseCompressor):
     def select(self, query: str, pieces: list[Piece], budget: int, counter: TokenCounter) -> list[Piece]:
         if not pieces:
             return []
-        found, tokens = units_in(pieces, words, counter)
         # The model reads what is still in play (after an extractive step, only the kept sentences).
         texts = [p.text() for p in pieces]
+        if sum(counter.count(texts)) <= budget:  # everything fits: nothing to drop, no model to run
+            return pieces
+        found, tokens = units_in(pieces, words, counter)
         key = (query, tuple(texts))
         if self.__dict__.get("_last", (None,))[0] != key:  # the same hits at several budgets score once
             self._last = (key, self.token_scores(query, texts))

@@ -193,3 +193,11 @@ def test_windowed_surprisal_equals_one_full_forward_of_question_and_passages():
     windowed = SurprisalCompressor(window_tokens=16, context_tokens=4, batch_size=2).token_scores(QUESTION, texts)[1]
     assert all(np.isfinite(s).all() for s in windowed)
     assert np.corrcoef(windowed[1], expected_second)[0, 1] > 0.7
+
+
+def test_pruners_keep_everything_that_fits_without_running_a_model():
+    hits = hits_of(PASSAGES)
+    for compressor in (SurprisalCompressor(rate=1.0, model="/no/such/model"), ClassifierCompressor("/no/such/model")):
+        context = compressor.compress(QUESTION, hits, budget_tokens=10_000)
+        check_context(context, hits)
+        assert [p.text for p in context.passages] == PASSAGES
