@@ -64,6 +64,8 @@ class ComposeCompressor(BaseCompressor):
             aim = budget if last else min(math.floor(budget * self.coarse_factor), in_play)
             if aim >= in_play and not last:
                 continue  # nothing for a coarse step to do
-            pieces = step.select(query, pieces, aim, counter)
+            # The last step fits its own budget (it retries on its cached scores): were the overshoot left
+            # to this compressor's retries, every step would run again on a new coarse selection.
+            pieces = step._fit(query, pieces, aim, counter) if last else step.select(query, pieces, aim, counter)
             in_play = sum(counter.count([p.text() for p in pieces]))
         return pieces

@@ -8,8 +8,8 @@ generator's tokenizer (the budget's unit). Every compressor is built, warmed up 
 load outside the timing), then times ``compress(question, hits)`` at a third of the tokens; with
 ``--repeats`` the order alternates, so that a change in machine load hits every compressor alike. Prints
 seconds, tokens/s and the time against fp32 surprisal, then what the scorer's matrix products alone cost
-at this CPU's measured fp32 matrix-multiply rate (a floor for fp32 surprisal: the scorer reads every token
-once through a 135M-parameter model).
+at this CPU's fp32 matrix-multiply rate measured at one of the model's shapes (an estimate of the floor for
+fp32 surprisal: the scorer reads every token once through a 135M-parameter model).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def build_hits(data_dir: str | Path, tokens: int) -> list[Hit]:
 
 
 def gemm_gflops(seconds: float = 1.0) -> float:
-    """This CPU's fp32 matrix-multiply rate (GFLOP/s) at the shape of SmolLM2-135M's MLP on 512 tokens."""
+    """This CPU's fp32 matrix-multiply rate (GFLOP/s, torch's threads) at SmolLM2-135M's MLP shape on 512 tokens."""
     import torch
 
     a, w = torch.randn(512, 576), torch.randn(1536, 576)
@@ -111,11 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     scorer_tokens = len(lm.tokenizer("\n\n".join(h.chunk.text for h in hits))["input_ids"])
     parameters = sum(p.numel() for p in lm.model.parameters())  # tied: the embedding is also the output layer
     rate = gemm_gflops()
-    floor = 2 * parameters * scorer_tokens / rate / 1e9 / args.threads
+    floor = 2 * parameters * scorer_tokens / rate / 1e9
     print(
         f"\nSmolLM2-135M reads {scorer_tokens:,} of its tokens: {2 * parameters * scorer_tokens / 1e12:.2f} TFLOP of matrix "
-        f"products. This CPU multiplies at {rate:.0f} GFLOP/s a thread (fp32), so fp32 surprisal cannot take less than "
-        f"about {floor:.1f} s on {args.threads} thread(s), attention and the question read per window aside."
+        f"products. This CPU multiplies at {rate:.0f} GFLOP/s with {args.threads} thread(s) (fp32), so the matrix "
+        f"products of fp32 surprisal alone take about {floor:.1f} s at that rate (one shape's rate: an estimate)."
     )
     return 0
 
