@@ -38,7 +38,7 @@ class DocumentChunker(BaseChunker):
         pass
 
     def chunk(self, doc: Document) -> list[Chunk]:
-        return [Chunk(id=chunk_id(doc.id, 0), doc_id=doc.id, text=doc.text, start=0, end=len(doc.text), title=doc.title)]
+        return [Chunk.whole(doc, chunk_id(doc.id, 0))]
 
 
 class RecursiveChunker(BaseChunker):

@@ -41,8 +41,7 @@ def build_hits(data_dir: str | Path, tokens: int) -> list[Hit]:
     hits: list[Hit] = []
     total = 0
     for paragraph in read_documents(Path(data_dir) / "corpus.jsonl"):
-        chunk = Chunk(id=paragraph.id, doc_id=paragraph.id, text=paragraph.text, start=0, end=len(paragraph.text))
-        hits.append(Hit(chunk=chunk, score=1.0, source="bench"))
+        hits.append(Hit(chunk=Chunk.whole(paragraph), score=1.0, source="bench"))
         total += counter.count([paragraph.text])[0]
         if total >= tokens:
             break

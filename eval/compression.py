@@ -71,8 +71,7 @@ def retrieve(data_dir: str | Path, limit: int | None, k: int, index_dir: str | P
             index = None  # built from another corpus
     if index is None:
         index = DenseIndex("minilm")
-        index.add([Chunk(id=d.id, doc_id=d.id, text=d.text, start=0, end=len(d.text), title=d.title)
-                   for d in dataset.corpus])
+        index.add([Chunk.whole(d) for d in dataset.corpus])
         if index_dir is not None:
             index.save(index_dir)
     return dataset, index.search([q.text for q in dataset.questions], k)

@@ -61,7 +61,7 @@ def build_prompts(data: str, n: int, tokenizer_lm: Any, system_prompt: str = BEN
     from pathlib import Path
 
     paragraphs = [p for p in read_documents(Path(data) / "corpus.jsonl") if p.title in titles]
-    chunks = [Chunk(id=p.id, doc_id=p.id, text=p.text, start=0, end=len(p.text), title=p.title) for p in paragraphs]
+    chunks = [Chunk.whole(p) for p in paragraphs]
     index = DenseIndex()
     index.add(chunks)
     questions = [q.text for q in articles.questions[:n]]

@@ -57,6 +57,11 @@ class Chunk:
                 f"chunk {self.id}: offsets [{self.start}, {self.end}) do not match its text of length {len(self.text)}"
             )
 
+    @classmethod
+    def whole(cls, doc: Document, chunk_id: str = "") -> "Chunk":
+        """All of ``doc`` as one chunk (title kept, metadata not); ``chunk_id`` defaults to the document id."""
+        return cls(id=chunk_id or doc.id, doc_id=doc.id, text=doc.text, start=0, end=len(doc.text), title=doc.title)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -41,3 +41,11 @@ def test_context_from_hits_keeps_order_and_chunks():
     hits = [Hit(chunk=c, score=1.0 - i, source="dense") for i, c in enumerate(chunks)]
     context = Context.from_hits(hits)
     assert [p.chunk.id for p in context.passages] == ["c0", "c1", "c2"]
+
+
+def test_whole_chunk_covers_the_document():
+    doc = Document("some text", id="d1", title="T", metadata={"k": 1})
+    chunk = Chunk.whole(doc)
+    assert (chunk.id, chunk.doc_id, chunk.text, chunk.start, chunk.end, chunk.title) == ("d1", "d1", "some text", 0, 9, "T")
+    assert chunk.metadata == {}
+    assert Chunk.whole(doc, "d1#0").id == "d1#0"
