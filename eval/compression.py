@@ -17,7 +17,8 @@ Reported per compressor and rate:
 - unless ``--no-generate``: ``em``/``f1`` of the Qwen2.5-0.5B grounded generator's answers (citation
   markers removed) and ``answer_seconds``, the mean total latency of compression plus generation.
 
-``none`` is the uncompressed context (rate 1). The last stdout line is the result as JSON:
+``none`` is the uncompressed context (rate 1). ``--params '{"surprisal": {"quantize": "int8"}}'`` passes
+constructor parameters to a compressor (rows keep the registered name). The last stdout line is the result as JSON:
 ``{"dataset": ..., "results": [{"compressor", "rate_requested", "rate_achieved", "span_retention", "em",
 "f1", "answer_seconds"}, ...]}`` (``em``, ``f1``, ``answer_seconds`` are null without generation); the
 table before it adds compressor seconds and token counts.
@@ -96,14 +97,23 @@ def run_compression(
     k: int = 5,
     index_dir: str | Path | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
+    params: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Compress every question's hits with each compressor at each rate; see the module docstring."""
+    """Compress every question's hits with each compressor at each rate; see the module docstring.
+
+    ``params`` maps a compressor name to constructor parameters (e.g. ``{"surprisal": {"quantize": "int8"}}``).
+    """
     from eval.qa import contains_answer, exact_match, token_f1
     from rag.registry import build
 
     for rate in rates:
         if rate < 1:
             raise InputError(f"rates are compression factors (3 keeps a third), each at least 1; got {rate}")
+    params = dict(params or {})
+    unused = sorted(set(params) - set(compressors) | ({"none"} & set(params)))
+    if unused:
+        raise InputError(f"params given for {', '.join(unused)}, which is 'none' or not among the compressors "
+                         f"evaluated ({', '.join(compressors)})")
     dataset, all_hits = retrieve(data_dir, limit, k, index_dir)
     questions = dataset.questions
     before = [contains_answer("\n\n".join(h.chunk.text for h in hits), q.answers) for q, hits in zip(questions, all_hits)]
@@ -116,7 +126,7 @@ def run_compression(
         # One compressor per name, given each rate's budget in tokens: the scores of a question's hits are
         # computed once and serve every rate. The seconds reported for every rate are those of the first
         # (cold) call, which computes the scores; selecting at another budget costs milliseconds.
-        compressor = None if name == "none" else build("compressor", {"type": name, "params": {}})
+        compressor = None if name == "none" else build("compressor", {"type": name, "params": dict(params.get(name, {}))})
         name_rates = [1.0] if name == "none" else list(rates)
         if compressor is not None:  # warm up: models load outside the timing
             compressor.compress(questions[0].text + " (warm-up)", all_hits[0])
@@ -219,6 +229,10 @@ def add_compression_parser(commands: "argparse._SubParsersAction[argparse.Argume
     )
     parser.add_argument("--no-generate", dest="generate", action="store_false", help="skip answer generation")
     parser.add_argument("--generate-rates", metavar="R,R", help="generate only at these rates (default: all)")
+    parser.add_argument(
+        "--params", type=_params, default=None, metavar="JSON",
+        help='constructor parameters per compressor, e.g. \'{"surprisal": {"quantize": "int8"}}\'',
+    )
     parser.add_argument("--k", type=_positive_int, default=5, help="passages retrieved per question (default 5)")
     parser.add_argument("--index-dir", metavar="DIR", help="reuse (or save) the dense index of the corpus here")
     parser.add_argument("--threads", type=_positive_int, default=2, help="torch threads (default 2)")
@@ -243,7 +257,7 @@ def compression_command(args: argparse.Namespace) -> int:
         names = [n.strip() for n in args.compressors.split(",") if n.strip()]
         result = run_compression(
             args.data, names, rates, limit=args.limit, generate=args.generate, generate_rates=generate_rates,
-            k=args.k, index_dir=args.index_dir,
+            k=args.k, index_dir=args.index_dir, params=args.params,
             progress=lambda row: print(json.dumps(row), file=sys.stderr, flush=True),
         )
     except SpecragError as exc:
@@ -260,6 +274,16 @@ def _floats(text: str, option: str) -> list[float]:
         return [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise InputError(f"{option}: expected comma-separated numbers, got {text!r}") from None
+
+
+def _params(text: str) -> dict[str, dict[str, Any]]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON ({exc})") from None
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise argparse.ArgumentTypeError('want an object of objects, e.g. {"surprisal": {"quantize": "int8"}}')
+    return value
 
 
 def _positive_int(text: str) -> int:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+
+import pytest
 
 from eval.compression import clean_answer, compression_command, add_compression_parser
 
@@ -12,9 +15,7 @@ def test_clean_answer_drops_citations_and_later_lines():
     assert clean_answer(" [3] ") == ""
 
 
-def test_command_prints_the_json_line(tmp_path, capsys):
-    import argparse
-
+def _tiny_qa(tmp_path):
     folder = tmp_path / "tiny-qa"
     folder.mkdir()
     corpus = [
@@ -28,10 +29,19 @@ def test_command_prints_the_json_line(tmp_path, capsys):
     ]
     (folder / "corpus.jsonl").write_text("\n".join(json.dumps(r) for r in corpus) + "\n")
     (folder / "queries.jsonl").write_text("\n".join(json.dumps(r) for r in queries) + "\n")
+    return folder
+
+
+def _parse(*argv):
     parser = argparse.ArgumentParser()
     add_compression_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["compression", "--data", str(folder), "--rates", "1,2", "--compressors",
-                              "none,extractive", "--no-generate", "--k", "2", "--threads", "2"])
+    return parser.parse_args(["compression", *argv])
+
+
+def test_command_prints_the_json_line(tmp_path, capsys):
+    folder = _tiny_qa(tmp_path)
+    args = _parse("--data", str(folder), "--rates", "1,2", "--compressors", "none,extractive", "--no-generate",
+                  "--k", "2", "--threads", "2")
     assert compression_command(args) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["dataset"] == "tiny-qa"
@@ -41,3 +51,28 @@ def test_command_prints_the_json_line(tmp_path, capsys):
                                       "answer_seconds"}
     assert rows["none", 1.0]["span_retention"] == 1.0 and rows["extractive", 1.0]["rate_achieved"] == 1.0
     assert rows["extractive", 2.0]["rate_achieved"] >= 2.0 and rows["none", 1.0]["em"] is None
+
+
+def test_params_reach_the_compressor(tmp_path, capsys):
+    # min_score above any cosine: selective augmentation returns an empty context, so no span survives
+    folder = _tiny_qa(tmp_path)
+    args = _parse("--data", str(folder), "--rates", "2", "--compressors", "extractive", "--no-generate", "--k", "2",
+                  "--threads", "2", "--params", '{"extractive": {"min_score": 5.0}}')
+    assert compression_command(args) == 0
+    (row,) = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["results"]
+    assert row["span_retention"] == 0.0
+
+
+def test_params_for_a_compressor_not_evaluated_are_refused(tmp_path, capsys):
+    folder = _tiny_qa(tmp_path)
+    args = _parse("--data", str(folder), "--compressors", "extractive", "--no-generate", "--params",
+                  '{"surprisal": {"quantize": "int8"}}')
+    assert compression_command(args) == 2
+    assert "params given for surprisal" in capsys.readouterr().err
+
+
+def test_params_must_be_an_object_of_objects():
+    with pytest.raises(SystemExit):
+        _parse("--data", "x", "--params", '{"extractive": 3}')
+    with pytest.raises(SystemExit):
+        _parse("--data", "x", "--params", "{not json")
