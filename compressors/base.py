@@ -233,7 +233,7 @@ class BaseCompressor(Component):
         counter = self.counter
         original = sum(counter.count([h.chunk.text for h in hits]))
         budget = resolve_budget(original, self.rate, self.target_tokens, budget_tokens)
-        kept = self._fit(query, pieces, budget, counter) if pieces and budget > 0 else []
+        kept = self.fit(query, pieces, budget, counter) if pieces and budget > 0 else []
         passages = tuple(
             CompressedPassage(chunk=p.chunk, text=p.text(), score=p.score, spans=p.spans) for p in kept if p.spans
         )
@@ -247,7 +247,8 @@ class BaseCompressor(Component):
         """The pieces with only the spans kept, aiming at ``budget`` tokens of ``counter``."""
         raise NotImplementedError
 
-    def _fit(self, query: str, pieces: list[Piece], budget: int, counter: TokenCounter) -> list[Piece]:
+    def fit(self, query: str, pieces: list[Piece], budget: int, counter: TokenCounter) -> list[Piece]:
+        """:meth:`select`, re-aimed lower until the joined spans are within ``budget`` (then trimmed)."""
         aim = budget
         for _ in range(self.MAX_RETRIES + 1):
             kept = self.select(query, pieces, aim, counter)

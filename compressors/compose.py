@@ -66,6 +66,6 @@ class ComposeCompressor(BaseCompressor):
                 continue  # nothing for a coarse step to do
             # The last step fits its own budget (it retries on its cached scores): were the overshoot left
             # to this compressor's retries, every step would run again on a new coarse selection.
-            pieces = step._fit(query, pieces, aim, counter) if last else step.select(query, pieces, aim, counter)
+            pieces = step.fit(query, pieces, aim, counter) if last else step.select(query, pieces, aim, counter)
             in_play = sum(counter.count([p.text() for p in pieces]))
         return pieces

@@ -110,7 +110,7 @@ def run_compression(
         if rate < 1:
             raise InputError(f"rates are compression factors (3 keeps a third), each at least 1; got {rate}")
     params = dict(params or {})
-    unused = sorted(set(params) - set(compressors) | ({"none"} & set(params)))
+    unused = sorted(name for name in params if name == "none" or name not in compressors)
     if unused:
         raise InputError(f"params given for {', '.join(unused)}, which is 'none' or not among the compressors "
                          f"evaluated ({', '.join(compressors)})")
