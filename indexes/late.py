@@ -66,7 +66,6 @@ BM25 index under ``bm25/``. All arrays are plain ``.npy`` files (no pickle).
 from __future__ import annotations
 
 import sys
-import threading
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -77,6 +76,7 @@ from indexes.manifest import MANIFEST, SavedIndex, read_manifest, verify_files, 
 from rag.errors import InputError
 from rag.io import atomic_directory
 from rag.lazy import require
+from rag.shared import shared_model
 from rag.registry import Component
 from rag.types import Chunk, Hit
 
@@ -114,8 +114,6 @@ COLBERT_QUERY_MARKER = "[unused0]"
 COLBERT_DOC_MARKER = "[unused1]"
 COLBERT_QUERY_LENGTH = 32
 
-_MODELS: dict[str, Any] = {}
-_LOCK = threading.Lock()
 
 
 # -- token encoders ----------------------------------------------------------------------------------
@@ -220,12 +218,11 @@ class TokenEncoder:
 
         path = resolve_model_path(self.model)
         if is_colbert_checkpoint(path):
-            key = str(Path(path).resolve())
-            with _LOCK:
-                if key not in _MODELS:
-                    require("transformers", "dense")
-                    _MODELS[key] = _ColBERT(Path(path))
-                return _MODELS[key]
+            def load() -> _ColBERT:
+                require("transformers", "dense")
+                return _ColBERT(Path(path))
+
+            return shared_model(("colbert", str(Path(path).resolve())), load)
         return load_sentence_transformer(self.model)
 
     @property

@@ -40,7 +40,6 @@ order) and ``lucene/`` (the Lucene impact index files, each checksummed in the m
 from __future__ import annotations
 
 import sys
-import threading
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -61,6 +60,7 @@ from rag.encoders import PROGRESS_THRESHOLD
 from rag.errors import InputError
 from rag.io import atomic_directory
 from rag.lazy import require
+from rag.shared import shared_model
 from rag.types import Chunk, Hit
 
 FORMAT_VERSION = 1
@@ -71,9 +71,6 @@ DEFAULT_SCALE = 100
 WEIGHTING = "max over non-padding tokens of log(1 + relu(MLM logits))"
 QUANTISATION = "round(weight * scale) to an int, terms rounding to 0 dropped; Lucene score / scale**2 reported"
 EXTRA = "dense"  # torch + transformers come with the dense extra (sentence-transformers)
-
-_MODELS: dict[str, tuple[Any, Any, list[str]]] = {}
-_MODELS_LOCK = threading.Lock()
 
 __all__ = ["SpladeEncoder", "SpladeIndex", "quantize"]
 
@@ -86,20 +83,20 @@ def _load_model(model: str) -> tuple[Any, Any, list[str]]:
     from rag.models import resolve_model
 
     path = resolve_model(model)
-    key = str(Path(path).resolve()) if Path(path).exists() else path
-    with _MODELS_LOCK:
-        loaded = _MODELS.get(key)
-        if loaded is None:
-            require("torch", EXTRA)
-            transformers = require("transformers", EXTRA)
-            tokenizer = transformers.AutoTokenizer.from_pretrained(path)
-            tokenizer.padding_side = "right"  # the encoder masks padding by position (our own copy: safe to set)
-            network = transformers.AutoModelForMaskedLM.from_pretrained(path).eval()
-            width = int(network.get_output_embeddings().weight.shape[0])
-            vocabulary = [str(t) for t in tokenizer.convert_ids_to_tokens(list(range(width)))]
-            _check_vocabulary(model, vocabulary)
-            loaded = _MODELS[key] = (tokenizer, network, vocabulary)
-    return loaded
+    key = ("splade", str(Path(path).resolve()) if Path(path).exists() else path)
+
+    def load() -> tuple[Any, Any, list[str]]:
+        require("torch", EXTRA)
+        transformers = require("transformers", EXTRA)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+        tokenizer.padding_side = "right"  # the encoder masks padding by position (our own copy: safe to set)
+        network = transformers.AutoModelForMaskedLM.from_pretrained(path).eval()
+        width = int(network.get_output_embeddings().weight.shape[0])
+        vocabulary = [str(t) for t in tokenizer.convert_ids_to_tokens(list(range(width)))]
+        _check_vocabulary(model, vocabulary)
+        return tokenizer, network, vocabulary
+
+    return shared_model(key, load)
 
 
 def _check_vocabulary(model: str, vocabulary: list[str]) -> None:

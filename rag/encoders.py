@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import sys
-import threading
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -17,13 +16,12 @@ import numpy as np
 
 from rag.errors import InputError
 from rag.lazy import require
+from rag.shared import shared_model
 
 DEVICE = "cpu"
 # Below this many texts a progress bar is noise; above it, encoding takes seconds to minutes on a CPU.
 PROGRESS_THRESHOLD = 1000
 
-_MODELS: dict[tuple[str, int | None], Any] = {}
-_LOCK = threading.Lock()
 
 
 def resolve_model_path(model: str) -> str:
@@ -43,16 +41,16 @@ def load_sentence_transformer(model: str, max_seq_length: int | None = None) -> 
     """
     path = resolve_model_path(model)
     # Key by the real path so "./m", "m" and a pack name resolving to the same folder share one model.
-    key = (str(Path(path).resolve()) if Path(path).exists() else path, max_seq_length)
-    with _LOCK:
-        loaded = _MODELS.get(key)
-        if loaded is None:
-            st = require("sentence_transformers", "dense")
-            loaded = st.SentenceTransformer(path, device=DEVICE)
-            if max_seq_length is not None:
-                loaded.max_seq_length = max_seq_length
-            _MODELS[key] = loaded
-    return loaded
+    key = ("sentence-transformer", str(Path(path).resolve()) if Path(path).exists() else path, max_seq_length)
+
+    def load() -> Any:
+        st = require("sentence_transformers", "dense")
+        loaded = st.SentenceTransformer(path, device=DEVICE)
+        if max_seq_length is not None:
+            loaded.max_seq_length = max_seq_length
+        return loaded
+
+    return shared_model(key, load)
 
 
 class SentenceEncoder:
