@@ -2,8 +2,10 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-# Re-install when the package's declared dependencies or the constraints change.
-STAMP  := $(VENV)/.specrag-installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
+# llama-cpp-python is compiled for this CPU's feature flags (rag/generation/llama_build.py, standard library only).
+LLAMA_KEY := $(shell $(PYTHON) -m rag.generation.llama_build --key)
+# Re-install when the package's declared dependencies, the constraints or the CPU's build flags change.
+STAMP  := $(VENV)/.specrag-installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)-$(LLAMA_KEY)
 # The model packs the demo and the tests use (qwen2.5-1.5b is fetched on demand: specrag models fetch --all).
 PACKS  := minilm splade-tiny smollm2-135m qwen2.5-0.5b
 export TOKENIZERS_PARALLELISM := false
@@ -33,6 +35,9 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet torch==2.13.0
 
 $(STAMP): pyproject.toml constraints.txt | $(BIN)/python
+	# llama.cpp first, built for this CPU (6-10 minutes the first time; the wheel is cached per flag set in
+	# $${SPECRAG_CACHE:-~/.cache/specrag}/wheels), so that the install below finds it satisfied.
+	$(BIN)/python -m rag.generation.llama_build --install
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
 	rm -f $(VENV)/.specrag-installed-*
 	touch $@

@@ -104,8 +104,8 @@ class _LMChunker(SpanChunker):
 
     @property
     def lm(self) -> Any:
-        """The shared :class:`rag.lm.CausalLM` (loaded on first use, once per process)."""
-        from rag.lm import load_causal_lm
+        """The shared :class:`rag.generation.hf.TransformersEngine` (loaded on first use, once per process)."""
+        from rag.generation.hf import load_causal_lm
 
         return load_causal_lm(self.model, self.dtype)
 

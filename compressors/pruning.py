@@ -156,7 +156,7 @@ class SurprisalCompressor(_Pruner):
     def token_scores(self, query: str, texts: list[str]) -> tuple[list[list[tuple[int, int]]], list[np.ndarray]]:
         import torch
 
-        from rag.lm import load_causal_lm
+        from rag.generation.hf import load_causal_lm
 
         lm = load_causal_lm(self.model, self.dtype, self.quantize)
         tok = lm.tokenizer

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from rag.lm import load_causal_lm
+    from rag.generation.hf import load_causal_lm
     from rag.registry import build
 
     hits = build_hits(args.data, args.tokens)

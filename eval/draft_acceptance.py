@@ -8,7 +8,7 @@ forced to verify every draft at full length (15 tokens; the width policy is give
 every proposed draft is observed whatever it is worth. For each match-length bucket of the acceptance
 tracker (0, 1, 2-3, 4-7, 8-15, 16+ tokens) it prints the number of drafts, the rate at which the first
 draft token was accepted, and the rate at which each later token was accepted given the one before was;
-``rag.speculative.DEFAULT_FIRST_PRIORS`` and ``DEFAULT_CONTINUE_PRIOR`` come from this output on HotpotQA
+``rag.generation.speculative.DEFAULT_FIRST_PRIORS`` and ``DEFAULT_CONTINUE_PRIOR`` come from this output on HotpotQA
 (not the benchmark's SQuAD prompts). Ends with one JSON line.
 """
 
@@ -21,10 +21,10 @@ from typing import Any
 
 def measure(data: str, n: int, drafter_name: str, model: str, max_new_tokens: int) -> dict[str, Any]:
     """Per-bucket draft counts and first/later acceptance rates with forced full-length drafts."""
-    from rag.bench_generate import build_prompts
-    from rag.drafters import build_drafter
-    from rag.lm import load_causal_lm
-    from rag.speculative import AcceptanceTracker, WidthPolicy, speculative_decode
+    from eval.bench_generate import build_prompts
+    from rag.generation.drafters import build_drafter
+    from rag.generation.hf import load_causal_lm
+    from rag.generation.speculative import AcceptanceTracker, WidthPolicy, speculative_decode
 
     lm = load_causal_lm(model)
     prompts, facts = build_prompts(data, n, lm)

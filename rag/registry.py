@@ -56,7 +56,7 @@ _REGISTRY: dict[str, dict[str, str]] = {
         "compose": "compressors.compose:ComposeCompressor",
     },
     "generator": {
-        "grounded": "rag.generate:GroundedGenerator",
+        "grounded": "rag.generation.generator:GroundedGenerator",
     },
 }
 

@@ -134,16 +134,18 @@ class _LLMReranker(BaseReranker):
     """Shared by the LLM rerankers: the model (loaded on first use) and passage truncation."""
 
     model: str
+    engine: str
     max_passage_tokens: int
 
     _lm: Any = None
 
     @property
     def lm(self) -> Any:
+        """The model's engine (:mod:`rag.generation.engine`); ``auto`` picks the fastest prompt reader."""
         if self._lm is None:
-            from rag.lm import load_causal_lm
+            from rag.generation.engine import load_engine
 
-            self._lm = load_causal_lm(self.model)
+            self._lm = load_engine(self.model, self.engine, workload="prompt")
         return self._lm
 
     def warm_up(self) -> None:
@@ -164,23 +166,8 @@ class _LLMReranker(BaseReranker):
         return ids[0]
 
     def last_logits(self, batch: list[list[int]]) -> Any:
-        """Next-token logits after each sequence of ``batch`` (left-padded into one forward pass)."""
-        import torch
-
-        width = max(len(ids) for ids in batch)
-        pad = self.lm.tokenizer.pad_token_id
-        pad = pad if pad is not None else next(iter(self.lm.eos_token_ids), 0)
-        input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, ids in enumerate(batch):
-            input_ids[row, width - len(ids):] = torch.tensor(ids)
-            mask[row, width - len(ids):] = 1
-        # A plain forward pass does not derive positions from the mask: left padding needs them given.
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        with torch.inference_mode():
-            out = self.lm.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False,
-                                logits_to_keep=1)
-        return out.logits[:, -1].float()
+        """Next-token logits after each sequence of ``batch`` (one batched pass where the engine has one)."""
+        return self.lm.next_token_logits(batch)
 
 
 POINTWISE_SYSTEM = "You judge whether a passage is relevant to a search query. Answer with Yes or No only."
@@ -190,16 +177,20 @@ POINTWISE_USER = "Query: {query}\n\nPassage: {passage}\n\nIs the passage relevan
 class LLMPointwiseReranker(_LLMReranker):
     """Relevance = ``logit("Yes") - logit("No")`` after a judging prompt, ``batch_size`` candidates per pass.
 
-    ``model``: a pack name (``qwen2.5-0.5b`` by default), local folder or hub id of a chat LM. Passages are
-    cut to ``max_passage_tokens`` tokens.
+    ``model``: a pack name (``qwen2.5-0.5b`` by default), local folder or hub id of a chat LM, run by
+    ``engine`` (``auto`` or a name from :data:`rag.generation.engine.ENGINE_NAMES`). Passages are cut to
+    ``max_passage_tokens`` tokens.
     """
 
     def __init__(self, model: str = "qwen2.5-0.5b", batch_size: int = 8, max_passage_tokens: int = 128,
-                 name: str = "llm-pointwise") -> None:
+                 name: str = "llm-pointwise", engine: str = "auto") -> None:
         if batch_size < 1 or max_passage_tokens < 1:
             raise InputError(f"llm-pointwise reranker: batch_size and max_passage_tokens must be at least 1, "
                              f"got {batch_size} and {max_passage_tokens}")
+        from rag.generation.engine import canonical_engine
+
         self.model = model
+        self.engine = canonical_engine(engine)
         self.batch_size = batch_size
         self.max_passage_tokens = max_passage_tokens
         self.name = name
@@ -238,18 +229,22 @@ class FirstReranker(_LLMReranker):
     Candidates are labelled ``A``, ``B``, ... (single tokens); the order of the identifier logits at the
     first answer position is the ranking. Lists longer than ``window`` are ranked by windows moving from
     the bottom of the list to the top by ``stride`` (so the best hits rise to the top), as RankGPT and FIRST
-    do. The returned score of a hit is ``n - position`` (a rank, not a calibrated relevance).
+    do. The returned score of a hit is ``n - position`` (a rank, not a calibrated relevance). ``engine``
+    runs the model, as for :class:`LLMPointwiseReranker`.
     """
 
     def __init__(self, model: str = "qwen2.5-0.5b", window: int = 20, stride: int = 10,
-                 max_passage_tokens: int = 100, name: str = "first") -> None:
+                 max_passage_tokens: int = 100, name: str = "first", engine: str = "auto") -> None:
         if not 2 <= window <= len(IDENTIFIERS):
             raise InputError(f"first reranker: window must be between 2 and {len(IDENTIFIERS)}, got {window}")
         if not 1 <= stride <= window:
             raise InputError(f"first reranker: stride must be between 1 and the window ({window}), got {stride}")
         if max_passage_tokens < 1:
             raise InputError(f"first reranker: max_passage_tokens must be at least 1, got {max_passage_tokens}")
+        from rag.generation.engine import canonical_engine
+
         self.model = model
+        self.engine = canonical_engine(engine)
         self.window = window
         self.stride = stride
         self.max_passage_tokens = max_passage_tokens

@@ -25,7 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 from rag.errors import InputError
-from rag.speculative import Draft
+from rag.generation.speculative import Draft
 
 
 class PromptLookupDrafter:
@@ -210,7 +210,7 @@ class DraftModelDrafter:
     """A smaller model with the target's tokenizer drafts token by token, with its own KV cache.
 
     Its cache follows the sequence: tokens it drafted that were rejected are cropped away on the next
-    call (``DecodeSession.prefill`` keeps the longest common prefix). Drafting stops early when the top
+    call (``Session.prefill`` keeps the longest common prefix). Drafting stops early when the top
     probability falls below ``min_confidence`` (SVIP-style).
     """
 
@@ -222,10 +222,8 @@ class DraftModelDrafter:
         self._temperature, self._generator = 0.0, None
 
     def start(self, prompt_ids: list[int], temperature: float = 0.0, generator: Any = None) -> None:
-        from rag.lm import DecodeSession
-
         if self._session is None:
-            self._session = DecodeSession(self.lm)
+            self._session = self.lm.new_session()
         self._temperature, self._generator = temperature, generator
         self._logits = self._session.prefill(list(prompt_ids))  # the draft reads the prompt too
 

@@ -39,18 +39,22 @@ def parse_citations(text: str, context: Context) -> list[Citation]:
 
 
 class GroundedGenerator(Component):
-    """Answer from the context with a causal LM through transformers, citing passage numbers.
+    """Answer from the context with a causal LM, citing passage numbers.
 
-    ``model`` is a pack name (``qwen2.5-0.5b`` by default), a local path or a hub id. Decoding is greedy
-    unless ``temperature`` > 0 (then seeded sampling). ``stop`` strings end the answer early.
+    ``model`` is a pack name (``qwen2.5-0.5b`` by default), a local path or a hub id. ``engine`` runs it
+    (:mod:`rag.generation.engine`): ``"auto"`` (the default) uses the engine measured fastest on this
+    machine for this model, ``"transformers:float32"``, ``"transformers:bfloat16"`` or ``"llama.cpp"`` pin
+    one. Decoding is greedy unless ``temperature`` > 0 (then seeded sampling). ``stop`` strings end the
+    answer early.
 
-    Speculative decoding (:mod:`rag.speculative`) is on by default when it is lossless, that is for greedy
+    Speculative decoding (:mod:`rag.generation.speculative`) is on by default when it is lossless, that is for greedy
     decoding, where its output is token-identical to plain decoding: ``speculative=None`` means "when
     greedy", ``True`` also speculates when sampling (distribution-preserving, not token-identical to
     plain sampling), ``False`` turns it off. ``drafters`` names the drafters (``"sam"``, ``"ngram"``,
     ``"model"``; several are combined) and ``draft_model`` the model behind ``"model"`` (it must share the
-    target's tokenizer; naming one adds ``"model"``). ``width_costs`` is the verification-width cost table
-    (:func:`rag.speculative.measure_width_costs`). ``reuse_prefix`` keeps the KV cache of the fixed
+    target's tokenizer; naming one adds ``"model"``; it runs on the target's engine). ``width_costs`` is
+    the verification-width cost table; by default the one measured for the engine in use
+    (:func:`rag.generation.calibrate.width_costs`). ``reuse_prefix`` keeps the KV cache of the fixed
     system prompt and copies it for each question. ``quantize="int8"`` applies dynamic int8 quantisation to
     the target (faster but lossy: answers change); ``draft_quantize="int8"`` to the draft model only
     (lossless: it only changes which drafts are accepted).
@@ -64,6 +68,7 @@ class GroundedGenerator(Component):
     def __init__(
         self,
         model: str = "qwen2.5-0.5b",
+        engine: str = "auto",
         max_new_tokens: int = 256,
         temperature: float = 0.0,
         seed: int = 0,
@@ -85,7 +90,10 @@ class GroundedGenerator(Component):
         for name, value in (("quantize", quantize), ("draft_quantize", draft_quantize)):
             if value not in (None, "int8"):
                 raise InputError(f"grounded generator: {name} must be None or 'int8', got {value!r}")
+        from rag.generation.engine import canonical_engine
+
         self.model = model
+        self.engine = canonical_engine(engine)
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
         self.seed = seed
@@ -100,7 +108,7 @@ class GroundedGenerator(Component):
         self.quantize = quantize
         self.draft_quantize = draft_quantize
         if self.drafters:
-            from rag.drafters import build_drafter
+            from rag.generation.drafters import build_drafter
 
             names = self.drafters + (["model"] if draft_model and "model" not in self.drafters else [])
             build_drafter(names, draft_lm=object())  # check the names now, not at the first question
@@ -123,18 +131,16 @@ class GroundedGenerator(Component):
         """Tokens every prompt of this generator starts with (system prompt, template, "Passages:")."""
         renders = [lm.encode_chat([{"role": "system", "content": self.system_prompt},
                                    {"role": "user", "content": f"Passages:\n\n[{marker}] x"}]) for marker in (1, 7)]
-        from rag.lm import common_prefix
+        from rag.generation.engine import common_prefix
 
         return renders[0][: common_prefix(*renders)]
 
     def session(self, lm):
         """A decode session for a new question: a copy of the cached system-prompt prefix when enabled."""
-        from rag.lm import DecodeSession
-
         if not self.reuse_prefix:
-            return DecodeSession(lm)
-        if self._prefix is None or self._prefix[1].lm is not lm:
-            prefix = DecodeSession(lm)
+            return lm.new_session()
+        if self._prefix is None or self._prefix[1].engine is not lm:
+            prefix = lm.new_session()
             ids = self.prefix_ids(lm)
             if ids:
                 prefix.feed(ids)
@@ -143,19 +149,27 @@ class GroundedGenerator(Component):
 
     def generate(self, query: str, context: Context, on_text: Callable[[str], None] | None = None) -> Answer:
         """Answer ``query`` from ``context``; ``on_text`` receives text as it is decoded (streaming)."""
-        from rag.lm import TextStream, decode, load_causal_lm
-        from rag.speculative import AcceptanceTracker, SpecStats, WidthPolicy, speculative_decode
+        from rag.generation.decode import TextStream, decode
+        from rag.generation.engine import load_engine
+        from rag.generation.speculative import AcceptanceTracker, SpecStats, WidthPolicy, speculative_decode
 
         trace = Trace()
         started = time.perf_counter()
-        lm = load_causal_lm(self.model, quantize=self.quantize)
+        lm = load_engine(self.model, self.engine, quantize=self.quantize)
         speculate = self.uses_speculation()
         drafter = None
+        width_costs = self.width_costs
         if speculate:
-            from rag.drafters import build_drafter
+            from rag.generation.drafters import build_drafter
 
             names = self.drafters + (["model"] if self.draft_model and "model" not in self.drafters else [])
-            draft_lm = load_causal_lm(self.draft_model, quantize=self.draft_quantize) if "model" in names else None
+            draft_engine = lm.name if self.draft_quantize is None else "transformers:float32"
+            draft_lm = (load_engine(self.draft_model, draft_engine, quantize=self.draft_quantize)
+                        if "model" in names else None)
+            if width_costs is None:
+                from rag.generation.calibrate import width_costs as measured_width_costs
+
+                width_costs = measured_width_costs(lm)
             drafter = build_drafter(names, draft_lm=draft_lm)
             if self._tracker is None:
                 self._tracker = AcceptanceTracker()
@@ -168,7 +182,7 @@ class GroundedGenerator(Component):
         if speculate:
             tokens = speculative_decode(lm, prompt_ids, drafter, max_new_tokens=self.max_new_tokens,
                                         temperature=self.temperature, seed=self.seed, stats=stats, session=session,
-                                        policy=WidthPolicy(self.width_costs), tracker=self._tracker)
+                                        policy=WidthPolicy(width_costs), tracker=self._tracker)
         else:
             tokens = decode(lm, prompt_ids, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
                             seed=self.seed, stats=stats, session=session)
@@ -196,7 +210,7 @@ class GroundedGenerator(Component):
         extra = {"prefill_seconds": stats.prefill_seconds, "decode_seconds": stats.decode_seconds,
                  "tokens_per_second": stats.tokens_per_second, "first_token_seconds": stats.first_token_seconds,
                  "reused_prompt_tokens": stats.reused_prompt_tokens, "load_seconds": load_seconds,
-                 "model": self.model, "quantize": self.quantize, "citation_completed": completed is not None,
+                 "model": self.model, "engine": lm.name, "engine_asked": self.engine, "quantize": self.quantize, "citation_completed": completed is not None,
                  "speculative": speculate}
         extra.update(stats.as_dict())
         if speculate:
@@ -241,7 +255,7 @@ def _complete_citation(session, sequence: list[int], n_passages: int) -> int | N
     """
     import torch
 
-    tokenizer = session.lm.tokenizer
+    tokenizer = session.engine.tokenizer
     logits = session.prefill(sequence + tokenizer(" [", add_special_tokens=False)["input_ids"])
     digits = ""
     for _ in range(3):

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from rag.errors import InputError
-from rag.lm import CausalLM, DecodeSession, DecodeStats, common_prefix
+from rag.generation.decode import DecodeStats
+from rag.generation.engine import Engine, Session, common_prefix
 
 # Relative cost of a verification pass by width (1 = one-token decode), measured on this machine kind
 # for Qwen2.5-0.5B and -1.5B with a 1,432-token context (MODELS.md). Widths not listed are not used.
@@ -178,11 +179,11 @@ class WidthPolicy:
         return best_width
 
 
-def measure_width_costs(lm: CausalLM, context_ids: list[int], widths: list[int], repeats: int = 3) -> dict[int, float]:
+def measure_width_costs(lm: Engine, context_ids: list[int], widths: list[int], repeats: int = 3) -> dict[int, float]:
     """Time verification passes of each width after ``context_ids``; relative to width 1 (median of repeats)."""
     import statistics
 
-    session = DecodeSession(lm)
+    session = lm.new_session()
     session.prefill(context_ids)
     base = session.length
     filler = [context_ids[-1]] * max(widths)
@@ -199,7 +200,7 @@ def measure_width_costs(lm: CausalLM, context_ids: list[int], widths: list[int],
 
 
 def speculative_decode(
-    lm: CausalLM,
+    lm: Engine,
     prompt_ids: list[int],
     drafter: Any,
     *,
@@ -207,14 +208,14 @@ def speculative_decode(
     temperature: float = 0.0,
     seed: int = 0,
     stats: SpecStats | None = None,
-    session: DecodeSession | None = None,
+    session: Session | None = None,
     policy: WidthPolicy | None = None,
     tracker: AcceptanceTracker | None = None,
 ) -> Iterator[int]:
-    """Yield new token ids as they are accepted; the same contract as :func:`rag.lm.decode`.
+    """Yield new token ids as they are accepted; the same contract as :func:`rag.generation.decode.decode`.
 
     ``drafter`` has ``start(prompt_ids, temperature, generator)`` and ``propose(tokens, k) -> Draft``
-    (see :mod:`rag.drafters`). Greedy output equals :func:`rag.lm.decode`'s token for token; sampled
+    (see :mod:`rag.generation.drafters`). Greedy output equals :func:`rag.generation.decode.decode`'s token for token; sampled
     output follows the same distribution.
     """
     import torch
@@ -224,7 +225,7 @@ def speculative_decode(
     stats = stats if stats is not None else SpecStats()
     policy = policy or WidthPolicy()
     tracker = tracker or AcceptanceTracker()
-    session = session if session is not None else DecodeSession(lm)
+    session = session if session is not None else lm.new_session()
     generator = torch.Generator().manual_seed(seed)
     eos = lm.eos_token_ids
     stats.prompt_tokens = len(prompt_ids)

@@ -64,7 +64,7 @@ def test_segment_cuts_long_groups_at_their_strongest_gap_and_merges_short_ones()
 
 @pytest.fixture(scope="module")
 def lm():
-    from rag.lm import load_causal_lm
+    from rag.generation.hf import load_causal_lm
 
     return load_causal_lm("smollm2-135m")
 
@@ -134,9 +134,9 @@ def test_margin_sampling_batches_equal_single_prompts_and_split_near_the_topic_c
 
 
 def test_lm_chunkers_are_cheap_to_build_and_round_trip(monkeypatch):
-    import rag.lm
+    import rag.generation.hf
 
-    monkeypatch.setattr(rag.lm, "load_causal_lm", lambda *a, **k: pytest.fail("the constructor loaded the LM"))
+    monkeypatch.setattr(rag.generation.hf, "load_causal_lm", lambda *a, **k: pytest.fail("the constructor loaded the LM"))
     for spec in (
         {"type": "perplexity", "params": {"threshold": 0.5, "target_tokens": 64, "window_tokens": 128}},
         {"type": "margin", "params": {"threshold": 0.1, "max_tokens": 100, "batch_size": 4}},

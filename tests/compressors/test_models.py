@@ -168,7 +168,7 @@ def test_windowed_surprisal_equals_one_full_forward_of_question_and_passages():
     import numpy as np
     import torch
 
-    from rag.lm import load_causal_lm
+    from rag.generation.hf import load_causal_lm
 
     texts = PASSAGES[:2]
     lm = load_causal_lm("smollm2-135m")

@@ -2,30 +2,49 @@
 
 import json
 
+import pytest
+
 from rag.cli import main
 
 
-def test_bench_generate_compares_methods_and_ends_with_one_json_line(data_dir, capsys):
+def test_bench_generate_names_its_headline_and_gives_every_method_its_own_ratio(data_dir, capsys):
     code = main(["--threads", "1", "bench", "generate", "--model", "smollm2-135m", "--data",
                  str(data_dir / "squad-v1.1-dev"), "--n", "2", "--max-new-tokens", "6", "--threads", "1",
-                 "--width-costs", "default", "--methods", "plain,prompt_lookup,ours_combined,ours_combined_fresh"])
+                 "--engines", "transformers:float32", "--width-costs", "default",
+                 "--methods", "hf_generate,hf_prompt_lookup,ours_combined_fresh"])
     assert code == 0
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert result["model"] == "smollm2-135m" and result["prompts"] == 2
-    assert set(result["methods"]) == {"plain", "prompt_lookup", "ours_combined", "ours_combined_fresh"}
-    assert result["identical"] is True  # greedy speculation reproduces plain greedy generate
-    assert result["plain_decode_tps"] > 0 and result["speedup_vs_plain"] > 0
-    assert result["prefix_tokens"] > 0 and result["ttft_later_no_reuse_s"] > 0
+    out = capsys.readouterr().out
+    assert "headline method (named before the run): ours_combined" in out
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["model"] == "smollm2-135m" and result["prompts"] == 2 and result["headline"] == "ours_combined"
+    methods = result["engines"]["transformers:float32"]["methods"]
+    assert set(methods) == {"plain", "ours_combined", "hf_generate", "hf_prompt_lookup", "ours_combined_fresh"}
+    for name, method in methods.items():  # like for like: each ratio is against the same engine's plain loop
+        assert method["decode_tps"] > 0 and method["speedup_vs_plain"] > 0, name
+        assert method["ttft_s"] > 0 and method["ttft_later_s"] > 0, name
+    assert methods["plain"]["speedup_vs_plain"] == pytest.approx(1.0)
+    # greedy speculation and transformers' own greedy generate reproduce our plain greedy loop
+    assert all(m["identical"] for m in methods.values())
+    assert result["prefix_tokens"] > 0
 
 
 def test_bench_generate_runs_every_drafter_and_assisted_generation_with_a_draft_model(data_dir, capsys):
     # SmolLM2 drafts for itself: the same tokenizer, so assisted generation and our draft-model drafter run.
-    methods = {"plain", "assisted", "ours_ngram", "ours_sam", "ours_model", "ours_combined_model"}
+    methods = {"plain", "ours_combined", "hf_assisted", "ours_ngram", "ours_sam", "ours_model", "ours_combined_model"}
     code = main(["--threads", "1", "bench", "generate", "--model", "smollm2-135m", "--draft", "smollm2-135m",
                  "--data", str(data_dir / "squad-v1.1-dev"), "--n", "1", "--max-new-tokens", "6", "--threads", "1",
-                 "--width-costs", "default", "--methods", ",".join(sorted(methods))])
+                 "--engines", "transformers:float32", "--width-costs", "default",
+                 "--methods", ",".join(sorted(methods - {"plain", "ours_combined"}))])
     assert code == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert result["draft"] == "smollm2-135m" and set(result["methods"]) == methods
-    assert result["identical"] is True and all(m["identical"] for m in result["methods"].values())
-    assert result["methods"]["ours_model"]["drafted"].get("model", 0) > 0  # the draft model did draft
+    found = result["engines"]["transformers:float32"]["methods"]
+    assert result["draft"] == "smollm2-135m" and set(found) == methods
+    assert all(m["identical"] for m in found.values())
+    assert found["ours_model"]["drafted"].get("model", 0) > 0  # the draft model did draft
+
+
+def test_bench_generate_refuses_a_method_that_needs_a_draft_model(data_dir, capsys):
+    code = main(["bench", "generate", "--model", "smollm2-135m", "--data", str(data_dir / "squad-v1.1-dev"),
+                 "--methods", "ours_model"])
+    assert code == 2
+    assert "need --draft" in capsys.readouterr().err

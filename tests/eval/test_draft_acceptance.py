@@ -1,7 +1,7 @@
 """The draft-acceptance measurement behind the tracker's priors, on real prompts with the smallest model."""
 
 from eval.draft_acceptance import measure
-from rag.speculative import AcceptanceTracker
+from rag.generation.speculative import AcceptanceTracker
 
 
 def test_measure_counts_drafts_by_match_length(data_dir):

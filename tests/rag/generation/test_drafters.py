@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from rag.drafters import (
+from rag.generation.drafters import (
     CombinedDrafter, CorpusDrafter, PromptLookupDrafter, SuffixAutomaton, SuffixAutomatonDrafter, build_drafter,
 )
 from rag.errors import InputError

@@ -2,8 +2,9 @@
 
 import pytest
 
-from rag.generate import GroundedGenerator, format_passages, parse_citations
-from rag.lm import decode, load_causal_lm
+from rag.generation.generator import GroundedGenerator, format_passages, parse_citations
+from rag.generation.decode import decode
+from rag.generation.hf import load_causal_lm
 from rag.types import Chunk, Context, Hit
 
 PASSAGES = [

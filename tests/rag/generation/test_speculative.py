@@ -4,31 +4,30 @@ distribution of speculative sampling (chi-square), on tiny random models; one sh
 import pytest
 import torch
 
-from rag.drafters import CombinedDrafter, DraftModelDrafter, PromptLookupDrafter, SuffixAutomatonDrafter
-from rag.lm import CausalLM, DecodeSession, decode
-from rag.speculative import SpecStats, WidthPolicy, _verify, measure_width_costs, speculative_decode
+from rag.generation.drafters import CombinedDrafter, DraftModelDrafter, PromptLookupDrafter, SuffixAutomatonDrafter
+from rag.generation.decode import decode
+from rag.generation.hf import TransformersEngine
+from rag.generation.speculative import SpecStats, WidthPolicy, _verify, measure_width_costs, speculative_decode
 
 EOS = 63
 
 
-def tiny_lm(seed: int = 0, vocab: int = 64, layers: int = 2, eos: int = EOS) -> CausalLM:
+def tiny_lm(seed: int = 0, vocab: int = 64, layers: int = 2, eos: int = EOS) -> TransformersEngine:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(seed)
     config = Qwen2Config(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
-    return CausalLM(spec=f"tiny-{seed}", model=Qwen2ForCausalLM(config).eval(), tokenizer=None,
-                    eos_token_ids=frozenset({eos}))
+    return TransformersEngine(f"tiny-{seed}", Qwen2ForCausalLM(config).eval(), None, eos_token_ids=frozenset({eos}))
 
 
-def tiny_llama(seed: int = 0) -> CausalLM:
+def tiny_llama(seed: int = 0) -> TransformersEngine:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
-    return CausalLM(spec="tiny-llama", model=LlamaForCausalLM(config).eval(), tokenizer=None,
-                    eos_token_ids=frozenset({EOS}))
+    return TransformersEngine("tiny-llama", LlamaForCausalLM(config).eval(), None, eos_token_ids=frozenset({EOS}))
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +71,7 @@ def test_rejections_roll_the_cache_back(lm):
     """A draft model that disagrees often forces crops; the cache must end holding the accepted text."""
     draft_lm = tiny_lm(7)
     prompt = prompts(1)[0]
-    session = DecodeSession(lm)
+    session = lm.new_session()
     stats = SpecStats()
     ours = list(speculative_decode(lm, prompt, DraftModelDrafter(draft_lm, min_confidence=0.0), max_new_tokens=30,
                                    stats=stats, session=session, policy=EAGER))
@@ -102,7 +101,7 @@ def test_max_tokens_and_eos_are_respected(lm):
         assert ours == plain and len(ours) <= limit
     # make EOS the model's second greedy token: decoding stops before it, with and without speculation
     first_two = list(decode(lm, prompt, max_new_tokens=2))
-    eos_lm = CausalLM(spec="eos", model=lm.model, tokenizer=None, eos_token_ids=frozenset({first_two[1]}))
+    eos_lm = TransformersEngine("eos", lm.model, None, eos_token_ids=frozenset({first_two[1]}))
     for drafter in (DraftModelDrafter(lm, min_confidence=0.0), SuffixAutomatonDrafter()):
         assert list(speculative_decode(eos_lm, prompt, drafter, max_new_tokens=20, policy=EAGER)) == first_two[:1]
 
@@ -110,7 +109,7 @@ def test_max_tokens_and_eos_are_respected(lm):
 def test_streaming_yields_tokens_as_they_are_accepted(lm):
     """Tokens come out of the iterator one by one; stopping early leaves a consistent cache."""
     prompt = prompts(1, seed=4)[0]
-    session = DecodeSession(lm)
+    session = lm.new_session()
     iterator = speculative_decode(lm, prompt, DraftModelDrafter(lm, min_confidence=0.0), max_new_tokens=30,
                                   session=session, policy=EAGER)
     got = [next(iterator) for _ in range(10)]
@@ -135,7 +134,7 @@ def test_measured_width_costs_are_relative_to_one_token(lm):
 
 def test_prefix_session_is_reused_and_copied(lm):
     prefix, prompt = prompts(1)[0][:20], prompts(1)[0]
-    cached = DecodeSession(lm)
+    cached = lm.new_session()
     cached.feed(prefix)
     fork = cached.copy()
     stats = SpecStats()
@@ -212,8 +211,8 @@ def test_a_biased_sampler_would_fail_the_check():
 
 
 def test_real_qwen_greedy_speculation_matches_plain():
-    from rag.drafters import build_drafter
-    from rag.lm import load_causal_lm
+    from rag.generation.drafters import build_drafter
+    from rag.generation.hf import load_causal_lm
 
     torch.set_num_threads(2)
     qwen = load_causal_lm("qwen2.5-0.5b")
@@ -230,7 +229,7 @@ def test_real_qwen_greedy_speculation_matches_plain():
 
 
 def test_tracker_priors_grow_with_match_length_and_learn_two_rates():
-    from rag.speculative import AcceptanceTracker
+    from rag.generation.speculative import AcceptanceTracker
 
     tracker = AcceptanceTracker()
     firsts = [tracker.accept_probs("sam", length, 3)[0] for length in (0, 1, 2, 4, 8, 16)]
@@ -248,7 +247,7 @@ def test_tracker_priors_grow_with_match_length_and_learn_two_rates():
 
 
 def test_tracker_buckets_match_their_labels():
-    from rag.speculative import AcceptanceTracker
+    from rag.generation.speculative import AcceptanceTracker
 
     labels = AcceptanceTracker.bucket_labels()
     assert labels == ("0", "1", "2-3", "4-7", "8-15", "16+")
@@ -259,7 +258,7 @@ def test_tracker_buckets_match_their_labels():
 
 
 def test_tracker_explores_a_key_the_policy_keeps_declining():
-    from rag.speculative import AcceptanceTracker
+    from rag.generation.speculative import AcceptanceTracker
 
     tracker = AcceptanceTracker(explore_after=3)
     assert [tracker.declined("sam", 1) for _ in range(6)] == [False, False, True, False, False, True]
@@ -271,7 +270,7 @@ def test_tracker_explores_a_key_the_policy_keeps_declining():
 def test_exploration_drafts_even_when_no_width_pays_at_the_estimate(lm):
     """Priors too low for any wide pass to pay: the loop still verifies a draft every few declines and
     stays token-identical to plain greedy decoding."""
-    from rag.speculative import AcceptanceTracker
+    from rag.generation.speculative import AcceptanceTracker
 
     prompt = prompts(1, seed=6)[0] * 3  # repeated text, so lookup drafts exist
     plain = list(decode(lm, prompt, max_new_tokens=40))

@@ -1,0 +1,180 @@
+"""The engine layer: one small protocol over the libraries that run a causal LM.
+
+Everything in specrag that runs a causal LM (the grounded generator and its speculative loop, the draft
+model, LLM rerankers, LM-based chunkers and pruners) talks to an :class:`Engine`: it tokenizes and renders
+chats (always with the model's Hugging Face tokenizer, so every engine reads the same token ids), opens
+:class:`Session` objects that hold a KV cache over one token sequence, and scores batches of sequences. A
+session feeds tokens and returns logits at the positions asked for, crops its cache to a length
+(speculative rollback) and copies itself (a cached system-prompt prefix reused for each question).
+
+Engines, by name (:func:`load_engine`):
+
+- ``transformers`` / ``transformers:float32`` and ``transformers:bfloat16``: any HF checkpoint (pack, path
+  or hub id) through transformers, in the dtype named (:mod:`rag.generation.hf`);
+- ``llama.cpp``: the pack's GGUF file (or a ``.gguf`` path) through llama-cpp-python's low-level batch API
+  (:mod:`rag.generation.llamacpp`);
+- ``auto`` (the default of every component): the engine a short measurement on this machine found
+  fastest for a typical RAG answer, cached per machine and model (:mod:`rag.generation.calibrate`).
+
+The same model in two engines (or two dtypes) can choose a different token where two logits nearly tie:
+losslessness of speculative decoding is always judged against the same engine's own plain greedy decoding.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from rag.errors import InputError
+
+# Engine names a user can give; ``auto`` picks one of the others by measurement.
+ENGINE_NAMES: tuple[str, ...] = ("auto", "transformers", "transformers:float32", "transformers:bfloat16", "llama.cpp")
+
+
+def canonical_engine(name: str) -> str:
+    """The canonical spelling of an engine name (``transformers`` is ``transformers:float32``)."""
+    name = (name or "").strip().lower()
+    aliases = {"transformers": "transformers:float32", "hf": "transformers:float32", "llamacpp": "llama.cpp",
+               "llama-cpp": "llama.cpp", "transformers:bf16": "transformers:bfloat16",
+               "transformers:fp32": "transformers:float32"}
+    name = aliases.get(name, name)
+    if name not in ENGINE_NAMES:
+        raise InputError(f"unknown engine {name!r}; known engines: {', '.join(ENGINE_NAMES)}")
+    return name
+
+
+class Session:
+    """A KV cache over one token sequence of an engine. ``tokens`` always mirrors what the cache holds.
+
+    Subclasses implement :meth:`feed_all`, :meth:`crop` and :meth:`copy`; the base supplies :meth:`feed`
+    and :meth:`prefill`. Logits come back as torch tensors (``[positions, vocab]``).
+    """
+
+    engine: "Engine"
+    tokens: list[int]
+    passes: int = 0
+
+    @property
+    def length(self) -> int:
+        return len(self.tokens)
+
+    def feed_all(self, token_ids: Sequence[int], last_only: bool = False) -> Any:
+        """Append ``token_ids`` in one forward pass; logits at every new position, or at the last only."""
+        raise NotImplementedError
+
+    def crop(self, length: int) -> None:
+        """Forget every position from ``length`` on (KV-cache rollback)."""
+        raise NotImplementedError
+
+    def copy(self) -> "Session":
+        """An independent session holding the same tokens."""
+        raise NotImplementedError
+
+    def feed(self, token_ids: Sequence[int]) -> Any:
+        """Append ``token_ids`` and return the logits for the token after them (1-D tensor)."""
+        return self.feed_all(token_ids, last_only=True)[-1]
+
+    def prefill(self, token_ids: Sequence[int]) -> Any:
+        """Make the session hold exactly ``token_ids``, reusing the longest cached common prefix; return
+        the logits after the last token. At least one token is always run (the logits are not cached)."""
+        token_ids = list(token_ids)
+        if not token_ids:
+            raise InputError("Session.prefill: no tokens to read")
+        common = min(common_prefix(self.tokens, token_ids), len(token_ids) - 1)
+        self.crop(common)
+        return self.feed(token_ids[common:])
+
+    def _check_crop(self, length: int) -> None:
+        if not 0 <= length <= self.length:
+            raise InputError(f"{type(self).__name__}.crop: length {length} outside 0..{self.length}")
+
+
+class Engine:
+    """A loaded causal LM behind one engine. Subclasses implement :meth:`new_session` and
+    :meth:`next_token_logits`; tokenization and chat rendering are shared (the HF tokenizer).
+
+    ``spec`` is the model as the user named it, ``name`` the canonical engine name, ``tokenizer`` the model's
+    Hugging Face tokenizer and ``eos_token_ids`` the ids that end an answer.
+    """
+
+    name: str = ""
+    spec: str
+    tokenizer: Any
+    eos_token_ids: frozenset[int]
+
+    def new_session(self) -> Session:
+        """An empty session (KV cache) on this engine."""
+        raise NotImplementedError
+
+    def next_token_logits(self, sequences: Sequence[Sequence[int]]) -> Any:
+        """Float32 logits (``[len(sequences), vocab]``) of the token after each sequence (batched scoring,
+        used by rerankers and chunkers). Sequences are independent: nothing is cached between calls."""
+        raise NotImplementedError
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokenizer)
+
+    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+        """Token ids of a chat rendered with the model's own template, ready for the assistant's turn."""
+        if getattr(self.tokenizer, "chat_template", None):
+            rendered = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        else:  # base models without a template: plain role-prefixed text
+            rendered = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
+        return self.tokenizer(rendered, add_special_tokens=False)["input_ids"]
+
+    def describe(self) -> str:
+        return f"{self.spec} on {self.name}"
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix of two token lists."""
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def eos_ids(tokenizer: Any, generation_eos: Any = None) -> frozenset[int]:
+    """The end-of-sequence ids of a model: its tokenizer's, plus those of its generation config."""
+    eos = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    if isinstance(generation_eos, int):
+        eos.add(generation_eos)
+    elif generation_eos:
+        eos.update(generation_eos)
+    return frozenset(eos)
+
+
+def load_engine(model: str, engine: str = "auto", *, quantize: str | None = None, workload: str = "answer") -> Engine:
+    """The engine ``engine`` with ``model`` loaded (once per process; later calls share it).
+
+    ``model`` is a pack name, a local path or a hub id; ``engine`` one of :data:`ENGINE_NAMES`. ``auto``
+    resolves to the engine that :mod:`rag.generation.calibrate` measured fastest on this machine for this
+    model (measuring once and caching the choice). ``quantize="int8"`` (transformers only) applies dynamic
+    int8 quantisation: faster but lossy. ``workload`` tells ``auto`` what the engine is for: ``answer``
+    (prompt reading plus speculative decoding, the generator's case) or ``prompt`` (reading only: rerankers).
+    """
+    name = canonical_engine(engine)
+    if name == "auto":
+        if quantize is not None:  # a quantised model is a transformers-only, explicitly lossy choice
+            name = "transformers:float32"
+        else:
+            from rag.generation.calibrate import choose_engine
+
+            name = choose_engine(model).engine_for(workload)
+    if quantize is not None and not name.startswith("transformers"):
+        raise InputError(f"engine {name!r}: quantize={quantize!r} applies to the transformers engine only")
+    if name.startswith("transformers"):
+        from rag.generation.hf import load_causal_lm
+
+        return load_causal_lm(model, name.split(":", 1)[1], quantize)
+    from rag.generation.llamacpp import load_llama
+
+    return load_llama(model)
+
+
+def first_divergence(a: Sequence[int], b: Sequence[int]) -> int | None:
+    """The first position where two token sequences differ (or where one ends early); None if equal."""
+    if list(a) == list(b):
+        return None
+    return common_prefix(a, b)

@@ -1,0 +1,215 @@
+"""The llama.cpp engine: the packs' GGUF files run as shipped (no conversion) through llama-cpp-python.
+
+We drive llama.cpp through llama-cpp-python's low-level batch API (``llama_decode`` on our own
+``llama_batch``) rather than its ``Llama.eval``/``generate``: speculative verification needs logits at
+chosen positions only (``eval`` keeps none unless ``logits_all``, and then converts the whole score matrix
+to Python on each call), KV rollback to any length (``llama_memory_seq_rm``), and one context shared by
+several sessions. The high-level ``Llama`` object is used only to load the model and create the context.
+
+Sessions are views of the engine's one context: a session is its token list, and before it runs, the
+context is brought to hold exactly those tokens by keeping the longest common prefix of what it holds and
+reading the rest (the same prefix reuse transformers sessions get by copying a cache). Copying a session
+is therefore free, and alternating sessions costs only the tokens in which they differ.
+
+Tokens come from the model's Hugging Face tokenizer (the pack's converted folder, or the GGUF's own
+tokenizer through transformers), so both engines read identical token ids for the same prompt.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any, Sequence
+
+from rag.errors import InputError, SpecragError
+from rag.generation.engine import Engine, Session, common_prefix, eos_ids
+from rag.lazy import require
+from rag.shared import shared_model
+
+# Logical and physical batch: tokens per llama_decode call. 512 is llama.cpp's own default.
+BATCH_TOKENS = 512
+# Context length: enough for a long RAG prompt plus its answer; capped by the model's training length.
+MAX_CONTEXT = 8192
+
+
+class EngineError(SpecragError):
+    """The engine failed on input that was valid (for example a full context)."""
+
+
+def gguf_file(model: str) -> Path:
+    """The GGUF file behind ``model``: a pack shipped as GGUF, or a path to a ``.gguf`` file."""
+    from rag.models import PACKS, gguf_path
+
+    if model in PACKS:
+        if PACKS[model].kind != "gguf":
+            raise InputError(f"engine 'llama.cpp': model pack {model!r} is not a GGUF pack "
+                             f"(GGUF packs: {', '.join(n for n, s in PACKS.items() if s.kind == 'gguf')})")
+        path = gguf_path(model)
+        if not path.is_file():
+            from rag.models import fetch
+
+            fetch([model])
+        return path
+    path = Path(model)
+    if path.suffix == ".gguf" and path.is_file():
+        return path
+    raise InputError(f"engine 'llama.cpp' reads GGUF files: {model!r} is neither a GGUF model pack nor a .gguf "
+                     "file; use engine='transformers' for Hugging Face checkpoints")
+
+
+def _hf_tokenizer(model: str, gguf: Path) -> tuple[Any, Any]:
+    """The HF tokenizer of ``model`` and its generation config's eos ids (None if there is none)."""
+    transformers = require("transformers", "generate")
+    from rag.models import PACKS, resolve_model
+
+    if model in PACKS:
+        folder = resolve_model(model)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+        try:
+            generation_eos = transformers.GenerationConfig.from_pretrained(folder).eos_token_id
+        except OSError:
+            generation_eos = None
+        return tokenizer, generation_eos
+    return transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name), None
+
+
+class LlamaCppEngine(Engine):
+    """A GGUF model in one llama.cpp context. Use :func:`load_llama`, which shares one per model."""
+
+    name = "llama.cpp"
+
+    def __init__(self, spec: str, gguf: Path, tokenizer: Any, generation_eos: Any = None,
+                 threads: int | None = None, n_ctx: int = MAX_CONTEXT) -> None:
+        import numpy as np
+
+        self._np = np
+        llama_cpp = require("llama_cpp", "llama", package="llama-cpp-python")
+        self._ll = llama_cpp
+        self.spec, self.gguf, self.tokenizer = spec, gguf, tokenizer
+        self.eos_token_ids = eos_ids(tokenizer, generation_eos)
+        self.threads = threads or _torch_threads()
+        self._llama = llama_cpp.Llama(model_path=str(gguf), n_ctx=n_ctx, n_batch=BATCH_TOKENS, n_ubatch=BATCH_TOKENS,
+                                      n_threads=self.threads, n_threads_batch=self.threads, logits_all=False,
+                                      verbose=False)
+        self.n_ctx = llama_cpp.llama_n_ctx(self._llama.ctx)
+        self.n_vocab = self._llama.n_vocab()
+        self._memory = llama_cpp.llama_get_memory(self._llama.ctx)
+        self._batch = llama_cpp.llama_batch_init(BATCH_TOKENS, 0, 1)
+        self._held: list[int] = []  # the tokens the context's sequence 0 holds now
+        self._lock = threading.RLock()
+
+    def __del__(self) -> None:
+        batch = getattr(self, "_batch", None)
+        if batch is not None:
+            self._ll.llama_batch_free(batch)
+            self._batch = None
+
+    def new_session(self) -> "LlamaCppSession":
+        return LlamaCppSession(self)
+
+    def next_token_logits(self, sequences: Sequence[Sequence[int]]) -> Any:
+        import torch
+
+        if not sequences or any(len(s) == 0 for s in sequences):
+            raise InputError("next_token_logits: every sequence needs at least one token")
+        rows = []
+        with self._lock:
+            for ids in sequences:  # one after another in sequence 0, each reusing its common prefix
+                rows.append(self.run(ids, [], last_only=True)[-1])
+        return torch.from_numpy(self._np.stack(rows))
+
+    def run(self, history: Sequence[int], new: Sequence[int], last_only: bool) -> Any:
+        """Bring the context to ``history`` and read ``new`` after it: numpy logits ``[n, vocab]`` at the new
+        positions (or at the last position only). ``new`` may be empty: then ``history`` ends at the logits."""
+        tokens = list(history) + list(new)
+        wanted = 1 if last_only or not new else len(new)
+        with self._lock:
+            # Positions whose logits are wanted are always run, even when the context already holds them.
+            common = min(common_prefix(self._held, tokens), len(tokens) - wanted)
+            if common < len(self._held):
+                if not self._ll.llama_memory_seq_rm(self._memory, 0, common, -1):
+                    self._ll.llama_memory_clear(self._memory, True)  # a cache that cannot be cut is re-read
+                    common = 0
+                del self._held[common:]
+            pending = tokens[common:]
+            if len(tokens) > self.n_ctx:
+                raise EngineError(f"llama.cpp: {len(tokens)} tokens do not fit the context of {self.n_ctx} "
+                                  f"({self.spec})")
+            logits = self._decode(pending, common, len(pending) - wanted)
+            self._held.extend(pending)
+        return logits
+
+    def _decode(self, pending: list[int], start: int, first_output: int) -> Any:
+        """``llama_decode`` over ``pending`` (positions from ``start``) in batches; logits from index
+        ``first_output`` of ``pending`` on."""
+        np, ll, batch = self._np, self._ll, self._batch
+        rows = []
+        for begin in range(0, len(pending), BATCH_TOKENS):
+            chunk = pending[begin:begin + BATCH_TOKENS]
+            outputs = 0
+            for j, token in enumerate(chunk):
+                batch.token[j] = token
+                batch.pos[j] = start + begin + j
+                batch.n_seq_id[j] = 1
+                batch.seq_id[j][0] = 0
+                wanted = begin + j >= first_output
+                batch.logits[j] = wanted
+                outputs += wanted
+            batch.n_tokens = len(chunk)
+            code = ll.llama_decode(self._llama.ctx, batch)
+            if code != 0:
+                self._ll.llama_memory_seq_rm(self._memory, 0, start, -1)
+                del self._held[start:]
+                raise EngineError(f"llama.cpp: llama_decode returned {code} at position {start + begin} ({self.spec})")
+            if outputs:
+                rows.append(np.ctypeslib.as_array(ll.llama_get_logits(self._llama.ctx),
+                                                  shape=(outputs, self.n_vocab)).copy())
+        return np.concatenate(rows) if len(rows) > 1 else rows[0]
+
+
+class LlamaCppSession(Session):
+    """A token sequence on a :class:`LlamaCppEngine`'s context (see the module docstring)."""
+
+    def __init__(self, engine: LlamaCppEngine, tokens: list[int] | None = None) -> None:
+        self.engine = engine
+        self.tokens = list(tokens or [])
+        self.passes = 0
+
+    def feed_all(self, token_ids: Sequence[int], last_only: bool = False) -> Any:
+        import torch
+
+        if not token_ids:
+            raise InputError("Session.feed: no tokens to feed")
+        logits = self.engine.run(self.tokens, token_ids, last_only)
+        self.tokens.extend(int(t) for t in token_ids)
+        self.passes += 1
+        return torch.from_numpy(logits)
+
+    def crop(self, length: int) -> None:
+        self._check_crop(length)
+        del self.tokens[length:]  # the context is cut lazily, on the next run
+
+    def copy(self) -> "LlamaCppSession":
+        return LlamaCppSession(self.engine, self.tokens)
+
+
+def _torch_threads() -> int:
+    try:
+        import torch
+
+        return max(1, torch.get_num_threads())
+    except ImportError:
+        return max(1, min(os.cpu_count() or 1, 8))
+
+
+def load_llama(model: str, threads: int | None = None) -> LlamaCppEngine:
+    """Load (once per process and thread count) ``model``'s GGUF file into a llama.cpp context."""
+    threads = threads or _torch_threads()
+
+    def load() -> LlamaCppEngine:
+        gguf = gguf_file(model)
+        tokenizer, generation_eos = _hf_tokenizer(model, gguf)
+        return LlamaCppEngine(model, gguf, tokenizer, generation_eos, threads=threads)
+
+    return shared_model(("llama.cpp", model, threads), load)

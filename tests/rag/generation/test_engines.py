@@ -1,0 +1,132 @@
+"""The engine layer on real small models: transformers in float32 and bfloat16, llama.cpp on the GGUF pack.
+
+Each engine's sessions must agree with themselves (a cropped and re-read cache gives the logits of a fresh
+read), and our speculative loop must reproduce each engine's own plain greedy decoding. Two code paths of
+one engine (a wide verification pass against single-token passes) may round differently, so where outputs
+differ, the first differing token must be a near-tie of plain decoding's two top logits; anything else is
+a bug.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rag.errors import InputError
+from rag.generation.decode import decode
+from rag.generation.drafters import build_drafter
+from rag.generation.engine import canonical_engine, first_divergence, load_engine
+from rag.generation.speculative import SpecStats, WidthPolicy, speculative_decode
+from rag.types import Chunk, Context, Hit
+
+# Largest gap between plain decoding's two top logits at which a speculative output may take the other
+# token: well under the gaps of confident tokens, above the rounding differences seen between pass widths.
+NEAR_TIE = 0.3
+
+ENGINES = ["transformers:float32", "transformers:bfloat16", "llama.cpp"]
+
+
+def engine_or_skip(name: str, model: str = "smollm2-135m"):
+    if name == "llama.cpp":
+        pytest.importorskip("llama_cpp", reason="llama-cpp-python is built by `make install`")
+    return load_engine(model, name)
+
+
+def rag_prompts(lm) -> list[list[int]]:
+    passages = [
+        ("functools", "functools.lru_cache(maxsize=128) is a decorator that wraps a function with a memoizing "
+                      "callable that saves up to the maxsize most recent calls. It can save time when an expensive "
+                      "or I/O bound function is periodically called with the same arguments."),
+        ("json", "json.dumps(obj) serializes obj to a JSON formatted str. If sort_keys is true, the output of "
+                 "dictionaries will be sorted by key. json.loads deserializes a str containing a JSON document."),
+    ]
+    context = Context.from_hits([Hit(Chunk(id=f"c{i}", doc_id=f"d{i}", text=t, start=0, end=len(t), title=title), 1.0, "test")
+                                 for i, (title, t) in enumerate(passages)])
+    from rag.generation.generator import GroundedGenerator
+
+    generator = GroundedGenerator(model=lm.spec)
+    questions = ["How do I cache the results of an expensive function?", "What does json.dumps do with sort_keys?"]
+    return [lm.encode_chat(generator.messages(q, context)) for q in questions]
+
+
+def check_same_or_near_tie(lm, prompt: list[int], plain: list[int], other: list[int]) -> None:
+    position = first_divergence(plain, other)
+    if position is None:
+        return
+    logits = lm.new_session().prefill(prompt + plain[:position]).float()
+    top = torch.topk(logits, 2).values
+    gap = float(top[0] - top[1])
+    assert gap <= NEAR_TIE, f"{lm.name}: output differs from plain greedy at token {position} with a logit gap of {gap}"
+
+
+def test_engine_names_are_canonical_and_unknown_ones_are_refused():
+    assert canonical_engine("transformers") == "transformers:float32"
+    assert canonical_engine("LLAMA.CPP") == "llama.cpp"
+    with pytest.raises(InputError, match="known engines: auto"):
+        canonical_engine("vllm")
+
+
+@pytest.mark.parametrize("name", ENGINES)
+def test_a_cropped_and_reread_session_gives_the_logits_of_a_fresh_read(name):
+    lm = engine_or_skip(name)
+    prompt = rag_prompts(lm)[0]
+    fresh = lm.new_session().prefill(prompt).float()
+    session = lm.new_session()
+    session.feed_all(prompt[:-10])
+    session.feed_all(prompt[-10:] + [prompt[0]] * 5)  # runs past the end, then rolls back
+    session.crop(len(prompt) - 3)
+    again = session.prefill(prompt).float()
+    assert session.tokens == prompt
+    assert int(again.argmax()) == int(fresh.argmax())
+    atol = 0.05 if name == "transformers:float32" else 0.5  # bf16 and quantised kernels round by batch shape
+    torch.testing.assert_close(again, fresh, atol=atol, rtol=0)
+    twin = session.copy()  # a copy continues independently of its original
+    twin.feed([prompt[0]])
+    assert session.tokens == prompt and twin.tokens == prompt + [prompt[0]]
+
+
+@pytest.mark.parametrize("name", ENGINES)
+def test_speculative_decoding_reproduces_the_engines_own_plain_greedy(name):
+    torch.set_num_threads(2)
+    lm = engine_or_skip(name)
+    drafted = 0
+    for prompt in rag_prompts(lm):
+        plain = list(decode(lm, prompt, max_new_tokens=40))
+        stats = SpecStats()
+        fast = list(speculative_decode(lm, prompt, build_drafter(["sam", "ngram"]), max_new_tokens=40, stats=stats,
+                                       policy=WidthPolicy({1: 1.0, 4: 1.2, 8: 1.3})))
+        drafted += sum(stats.drafted.values())
+        check_same_or_near_tie(lm, prompt, plain, fast)
+    assert drafted > 0  # the loop did speculate
+
+
+@pytest.mark.parametrize("name", ENGINES)
+def test_next_token_logits_of_a_batch_match_one_by_one_sessions(name):
+    lm = engine_or_skip(name)
+    prompts = rag_prompts(lm)
+    batch = lm.next_token_logits(prompts)
+    assert batch.shape[0] == len(prompts) and batch.dtype == torch.float32
+    for row, prompt in enumerate(prompts):
+        single = lm.new_session().prefill(prompt).float()
+        assert int(batch[row].argmax()) == int(single.argmax())
+
+
+def test_llama_cpp_engine_reads_the_gguf_pack_and_refuses_other_models(tmp_path):
+    lm = engine_or_skip("llama.cpp")
+    assert lm.gguf.suffix == ".gguf" and lm.name == "llama.cpp"
+    with pytest.raises(InputError, match="not a GGUF pack"):
+        load_engine("minilm", "llama.cpp")
+    with pytest.raises(InputError, match="reads GGUF files"):
+        load_engine(str(tmp_path), "llama.cpp")
+
+
+def test_llama_cpp_and_transformers_read_the_same_prompt_tokens():
+    llama = engine_or_skip("llama.cpp")
+    hf = load_engine("smollm2-135m", "transformers:float32")
+    messages = [{"role": "user", "content": "Name a prime number."}]
+    assert llama.encode_chat(messages) == hf.encode_chat(messages)
+
+
+def test_quantize_is_refused_on_a_non_transformers_engine():
+    with pytest.raises(InputError, match="transformers engine only"):
+        load_engine("smollm2-135m", "llama.cpp", quantize="int8")
