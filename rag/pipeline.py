@@ -103,6 +103,9 @@ class Pipeline:
     def load(cls, directory: str | Path) -> "Pipeline":
         """A pipeline saved by :meth:`save`, with its index loaded."""
         directory = Path(directory)
+        if not directory.is_dir():
+            what = "not a directory" if directory.exists() else "no such directory"
+            raise InputError(f"{directory}: {what}; expected a pipeline directory written by `specrag index`")
         if not (directory / CONFIG_FILE).is_file():
             raise InputError(f"{directory}: not a saved pipeline (no {CONFIG_FILE}); build one with `specrag index`")
         pipeline = cls.from_config(directory / CONFIG_FILE)

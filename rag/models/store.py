@@ -85,7 +85,7 @@ def _spec(pack: str | PackSpec) -> PackSpec:
     try:
         return PACKS[pack]
     except KeyError:
-        raise PackError(f"unknown model pack {pack!r}; known packs: {', '.join(PACKS)}") from None
+        raise PackError(f"unknown model pack {pack!r}{pack_hint(pack)}; known packs: {', '.join(PACKS)}") from None
 
 
 # ---------------------------------------------------------------------------------------------- status
@@ -585,6 +585,12 @@ def resolve_model(name_or_path: str | os.PathLike[str], *, fetch_missing: bool =
 HUB_ID = re.compile(r"[A-Za-z0-9_][\w.-]*/[A-Za-z0-9_][\w.-]*")
 
 
+def pack_hint(name: str) -> str:
+    """`` (did you mean 'minilm'?)`` for a name close to a pack's (``minlm``), else ``""``."""
+    close = difflib.get_close_matches(name.lower(), list(PACKS), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def _not_a_model(reference: str) -> str:
     """The one-line error for a model reference that is no pack, no existing path and no hub id."""
     if not reference.strip():
@@ -594,9 +600,7 @@ def _not_a_model(reference: str) -> str:
             f"model {reference!r}: no such file or directory ({Path(reference).expanduser().absolute()}); a model "
             f"is a pack ({', '.join(PACKS)}), an existing path or an owner/name hub id"
         )
-    close = difflib.get_close_matches(reference.lower(), list(PACKS), n=1, cutoff=0.6)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
     return (
-        f"model {reference!r} is not a model pack, an existing path or an owner/name hub id{hint}; "
+        f"model {reference!r} is not a model pack, an existing path or an owner/name hub id{pack_hint(reference)}; "
         f"known packs: {', '.join(PACKS)} (`specrag models list` shows them)"
     )

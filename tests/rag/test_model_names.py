@@ -62,3 +62,11 @@ def test_components_refuse_a_mistyped_pack_before_loading_anything() -> None:
         TokenEncoder("minlm").encode_queries(["a question"])
     with pytest.raises(PackError, match="did you mean 'splade-tiny'"):
         SpladeEncoder("splade-tni").encode_queries(["a question"])
+
+
+def test_models_fetch_suggests_the_pack_meant(capsys: pytest.CaptureFixture[str]) -> None:
+    from rag.cli import main
+
+    assert main(["models", "fetch", "qwen2.5-05b"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown pack(s) qwen2.5-05b (did you mean 'qwen2.5-0.5b'?)" in err and "\n" not in err.strip()
