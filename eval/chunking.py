@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from rag.errors import InputError, SpecragError
+from rag.cli import exit_codes
+from rag.errors import InputError
 from rag.io import read_documents, read_jsonl
 from rag.types import Chunk, Document
 
@@ -321,6 +322,7 @@ def add_chunking_parser(commands: "argparse._SubParsersAction[argparse.ArgumentP
     return parser
 
 
+@exit_codes
 def chunking_command(args: argparse.Namespace) -> int:
     """``specrag eval chunking``: the table, then the JSON result as the last stdout line."""
     names = [name.strip() for name in args.chunkers.split(",") if name.strip()]
@@ -328,13 +330,9 @@ def chunking_command(args: argparse.Namespace) -> int:
     def progress(name: str, metrics: Mapping[str, Any]) -> None:
         print(f"{name}: {json.dumps(metrics)}", file=sys.stderr, flush=True)
 
-    try:
-        result = run_chunking(
-            args.data, names, limit=args.limit, per_article=args.per_article, k=args.k, params=args.params, progress=progress
-        )
-    except SpecragError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    result = run_chunking(
+        args.data, names, limit=args.limit, per_article=args.per_article, k=args.k, params=args.params, progress=progress
+    )
     print(format_table(result))
     summary = {
         name: {key: m[key] for key in (f"recall@{args.k}", "mean_tokens", "chars_per_s", f"tokens_read@{args.k}", "chunks", "params")}

@@ -20,7 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from rag.errors import InputError, SpecragError
+from rag.cli import exit_codes
+from rag.errors import InputError
 
 QUALITY = ("em", "f1", "contains", "citation_precision")
 COST = ("context_tokens", "answer_tokens")
@@ -129,13 +130,10 @@ def add_compare_parser(commands: "argparse._SubParsersAction[argparse.ArgumentPa
     return parser
 
 
+@exit_codes
 def compare_command(args: argparse.Namespace) -> int:
-    try:
-        rows = compare_runs(args.run_a, args.run_b, resamples=args.resamples, seed=args.seed,
-                            confidence=args.confidence)
-    except SpecragError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    rows = compare_runs(args.run_a, args.run_b, resamples=args.resamples, seed=args.seed,
+                        confidence=args.confidence)
     print(format_comparison(rows, str(args.run_a), str(args.run_b), args.confidence))
     print(json.dumps(rows), flush=True)
     return 0

@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from rag.errors import InputError, SpecragError
+from rag.cli import exit_codes
+from rag.errors import InputError
 from rag.io import read_jsonl
 
 
@@ -86,14 +87,9 @@ def add_data_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentPar
     return parser
 
 
+@exit_codes
 def info_command(args: argparse.Namespace) -> int:
-    cards = []
-    for directory in args.dirs:
-        try:
-            cards.append(dataset_card(directory))
-        except SpecragError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+    cards = [dataset_card(directory) for directory in args.dirs]
     print("\n\n".join(format_card(c) for c in cards))
     print(json.dumps(cards[0] if len(cards) == 1 else cards), flush=True)
     return 0

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from eval.beir import BeirDataset, load_beir
 from eval.metrics import evaluate_run, hits_to_run
-from rag.errors import InputError, SpecragError
+from rag.cli import exit_codes
+from rag.errors import InputError
 from rag.registry import Component, build, known
 from rag.types import Hit
 
@@ -44,6 +44,8 @@ def load_spec(role: str, spec: "str | Path | Mapping[str, Any] | Component",
             data = {"type": text, "params": {}}
         elif path.is_file():
             data = _read_config(path)
+        elif path.is_dir():
+            raise InputError(f"{path}: is a directory, not a {role} config file (YAML/JSON) or a registered {role}")
         elif path.suffix in CONFIG_SUFFIXES:
             raise InputError(f"{path}: no such {role} config file")
         else:
@@ -61,7 +63,10 @@ def load_spec(role: str, spec: "str | Path | Mapping[str, Any] | Component",
 def _read_config(path: Path) -> Any:
     import yaml
 
-    content = path.read_text(encoding="utf-8")
+    try:
+        content = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     try:
         return json.loads(content) if path.suffix == ".json" else yaml.safe_load(content)
     except json.JSONDecodeError as exc:
@@ -151,8 +156,7 @@ def run_retrieval(
     from rag.calibration import kept_metrics
 
     params = dict(params or {})
-    dataset = select_queries(load_beir(data_dir, split), limit, full_corpus)
-    index = load_index_spec(index_spec)
+    index = load_index_spec(index_spec)  # components first: a mistyped name fails before a corpus is read
     reranker = load_spec("reranker", rerank, params.get(str(rerank))) if rerank is not None else None
     chain = [load_spec("filter", f, params.get(str(f))) for f in filters]
     if rerank_depth < 1:
@@ -166,6 +170,7 @@ def run_retrieval(
             if callable(check):
                 check(index.to_config())
 
+    dataset = select_queries(load_beir(data_dir, split), limit, full_corpus)
     query_ids, hits, seconds = retrieve_dataset(dataset, index, k)
     texts = [dataset.queries[q] for q in query_ids]
     metrics = evaluate_run(hits_to_run(query_ids, hits), dataset.qrels)
@@ -314,20 +319,24 @@ def parse_settings(settings: Sequence[str]) -> dict[str, dict[str, Any]]:
         name, dot, key = target.rpartition(".")
         if not eq or not dot or not name or not key:
             raise InputError(f"--set {item!r}: expected NAME.KEY=VALUE, e.g. calibrated.path=filter.json")
-        parsed.setdefault(name, {})[key] = yaml.safe_load(value) if value else ""
+        try:
+            parsed.setdefault(name, {})[key] = yaml.safe_load(value) if value else ""
+        except yaml.YAMLError as exc:  # not a ValueError: say which --set it was
+            problem = " ".join(str(exc).split())
+            raise InputError(f"--set {item!r}: VALUE is not valid YAML ({problem})") from None
     return parsed
 
 
+@exit_codes
 def retrieval_command(args: argparse.Namespace) -> int:
-    """``specrag eval retrieval``: print the summary, then the JSON result as the last stdout line."""
-    try:
-        filters = [f.strip() for f in (args.filter or "").split(",") if f.strip()]
-        result = run_retrieval(args.data, args.index, split=args.split, limit=args.limit, k=args.k,
-                               rerank=args.rerank, rerank_depth=args.rerank_depth, filters=filters,
-                               full_corpus=args.full_corpus, params=parse_settings(args.settings))
-    except SpecragError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    """``specrag eval retrieval``: print the summary, then the JSON result as the last stdout line.
+
+    An error is one line on stderr and exit code 2 (``--debug``: the traceback), see :func:`rag.cli.run_command`.
+    """
+    filters = [f.strip() for f in (args.filter or "").split(",") if f.strip()]
+    result = run_retrieval(args.data, args.index, split=args.split, limit=args.limit, k=args.k,
+                           rerank=args.rerank, rerank_depth=args.rerank_depth, filters=filters,
+                           full_corpus=args.full_corpus, params=parse_settings(args.settings))
     print(format_result(result))
     print(json.dumps(result), flush=True)
     return 0
@@ -387,12 +396,10 @@ def add_fit_filter_parser(subparsers: "argparse._SubParsersAction[argparse.Argum
     return parser
 
 
+@exit_codes
 def fit_filter_command(args: argparse.Namespace) -> int:
-    try:
-        params = fit_filter(args.data, args.index, args.out, split=args.split, depth=args.depth, limit=args.limit)
-    except SpecragError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    """``specrag fit-filter``; an error is one line and exit code 2, see :func:`rag.cli.run_command`."""
+    params = fit_filter(args.data, args.index, args.out, split=args.split, depth=args.depth, limit=args.limit)
     train = params["train"]
     print(f"{args.out}: calibrated filter for {params['retriever']['type']} (source {params['source']!r}), "
           f"{train['queries']} {train['split']} queries, depth {params['depth']}")

@@ -57,11 +57,12 @@ import shutil
 import tempfile
 import weakref
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from indexes.manifest import SavedIndex, read_manifest, verify_files, write_manifest
 from rag.errors import InputError
 from rag.io import atomic_directory, read_jsonl
+from rag.protocols import text_batch
 from rag.types import Chunk, Hit
 
 FORMAT_VERSION = 1
@@ -129,16 +130,16 @@ class BM25Index(SavedIndex):
         for chunk in chunks:
             self._chunks[chunk.id] = chunk
 
-    def search(self, queries: list[str], k: int = 10) -> list[list[Hit]]:
-        """The ``k`` best chunks for each query, best first (ties by chunk id); scores are Lucene's BM25."""
+    def search(self, queries: str | Sequence[str], k: int = 10) -> list[list[Hit]]:
+        """The ``k`` best chunks for each query, best first (ties by chunk id); scores are Lucene's BM25.
+
+        One str is one query (a batch of one), not one query per character.
+        """
         if k < 1:
             raise InputError(f"bm25 index {self.name!r}: k must be at least 1, got {k}")
-        queries = list(queries)
+        queries = text_batch(queries, f"bm25 index {self.name!r}")
         if not queries or self._lucene is None:
             return [[] for _ in queries]
-        for number, query in enumerate(queries):
-            if not isinstance(query, str):
-                raise InputError(f"bm25 index {self.name!r}: query {number} is a {type(query).__name__}, not a str")
         searcher = self._lucene.searcher(self.k1, self.b)
         boosts = _field_boosts(self.title_weight) if self.fields == "multifield" else None
         chunks, name = self._chunks, self.name

@@ -55,7 +55,7 @@ import re
 from functools import lru_cache
 from itertools import chain
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -64,6 +64,7 @@ from indexes.manifest import SavedIndex, read_manifest, verify_files, write_mani
 from rag.errors import InputError
 from rag.io import atomic_directory
 from rag.lazy import require
+from rag.protocols import text_batch
 from rag.types import Chunk, Hit
 
 FORMAT_VERSION = 1
@@ -285,18 +286,19 @@ class BM25sIndex(SavedIndex):
         merged = {**self._chunks, **{chunk.id: chunk for chunk in chunks}}
         self._rebuild(merged, new_terms)
 
-    def search(self, queries: list[str], k: int = 10) -> list[list[Hit]]:
-        """The ``k`` best chunks for each query, best first (ties by chunk id); chunks with no query term are never returned."""
+    def search(self, queries: str | Sequence[str], k: int = 10) -> list[list[Hit]]:
+        """The ``k`` best chunks for each query, best first (ties by chunk id); chunks with no query term are never returned.
+
+        One str is one query (a batch of one), not one query per character.
+        """
         if k < 1:
             raise InputError(f"bm25s index {self.name!r}: k must be at least 1, got {k}")
-        queries = list(queries)
+        queries = text_batch(queries, f"bm25s index {self.name!r}")
         if self._model is None:
             return [[] for _ in queries]
         vocab, chunks, name = self._model.vocab_dict, self._rows, self.name
         results: list[list[Hit]] = []
-        for number, query in enumerate(queries):
-            if not isinstance(query, str):
-                raise InputError(f"bm25s index {self.name!r}: query {number} is a {type(query).__name__}, not a str")
+        for query in queries:
             token_ids = [vocab[t] for t in self.tokenize(query) if t in vocab]
             if not token_ids:
                 results.append([])

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -28,6 +28,7 @@ from rag.encoders import SentenceEncoder
 from rag.errors import InputError
 from rag.io import atomic_directory, read_jsonl
 from rag.lazy import require
+from rag.protocols import text_batch
 from rag.types import Chunk, Hit
 
 FORMAT_VERSION = 1
@@ -183,11 +184,14 @@ class DenseIndex(SavedIndex):
             self._ids[chunk.id] = faiss_id
         self._next_id += len(chunks)
 
-    def search(self, queries: list[str], k: int = 10) -> list[list[Hit]]:
-        """The ``k`` best chunks for each query, best first; scores are inner products (cosines)."""
+    def search(self, queries: str | Sequence[str], k: int = 10) -> list[list[Hit]]:
+        """The ``k`` best chunks for each query, best first; scores are inner products (cosines).
+
+        One str is one query (a batch of one), not one query per character.
+        """
         if k < 1:
             raise InputError(f"dense index {self.name!r}: k must be at least 1, got {k}")
-        queries = list(queries)
+        queries = text_batch(queries, f"dense index {self.name!r}")
         if not queries or len(self) == 0:
             return [[] for _ in queries]
         return self.search_vectors(self.encoder.encode_queries(queries), k)

@@ -32,6 +32,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from indexes.manifest import MANIFEST, SavedIndex, read_manifest, verify_files, write_manifest
 from rag.errors import InputError
 from rag.io import atomic_directory
+from rag.protocols import text_batch
 from rag.registry import Component, build
 from rag.types import Chunk, Hit
 
@@ -106,11 +107,14 @@ class HybridIndex(SavedIndex):
                 member.delete(ids)
             raise
 
-    def search(self, queries: list[str], k: int = 10) -> list[list[Hit]]:
-        """The ``k`` best chunks per query by fused score, best first."""
+    def search(self, queries: str | Sequence[str], k: int = 10) -> list[list[Hit]]:
+        """The ``k`` best chunks per query by fused score, best first.
+
+        One str is one query (a batch of one), not one query per character.
+        """
         if k < 1:
             raise InputError(f"hybrid index {self.name!r}: k must be at least 1, got {k}")
-        queries = list(queries)
+        queries = text_batch(queries, f"hybrid index {self.name!r}")
         if not queries:
             return []
         depth = max(self.depth, k)

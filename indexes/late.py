@@ -76,6 +76,7 @@ from indexes.manifest import MANIFEST, SavedIndex, read_manifest, verify_files, 
 from rag.errors import InputError
 from rag.io import atomic_directory
 from rag.lazy import require
+from rag.protocols import text_batch
 from rag.shared import shared_model
 from rag.registry import Component
 from rag.types import Chunk, Hit
@@ -241,21 +242,18 @@ class TokenEncoder:
             return backend.dimension
         return int(backend[0].auto_model.config.hidden_size)
 
-    def encode_documents(self, texts: Sequence[str]) -> list[np.ndarray]:
+    def encode_documents(self, texts: str | Sequence[str]) -> list[np.ndarray]:
         """One ``(tokens, dimension)`` float32 array per text; an empty text gives zero rows."""
         return self._encode(texts, query=False)
 
-    def encode_queries(self, texts: Sequence[str]) -> list[np.ndarray]:
+    def encode_queries(self, texts: str | Sequence[str]) -> list[np.ndarray]:
         """One ``(tokens, dimension)`` float32 array per query."""
         return self._encode(texts, query=True)
 
-    def _encode(self, texts: Sequence[str], query: bool) -> list[np.ndarray]:
+    def _encode(self, texts: str | Sequence[str], query: bool) -> list[np.ndarray]:
         import torch
 
-        texts = list(texts)
-        for number, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise InputError(f"token encoder {self.model!r}: text {number} is a {type(text).__name__}, not a str")
+        texts = text_batch(texts, f"token encoder {self.model!r}", "text")
         out: list[np.ndarray] = [np.zeros((0, 0), np.float32)] * len(texts)
         if not texts:
             return out
@@ -536,10 +534,8 @@ def text_of(chunk: Chunk) -> str:
     return f"{chunk.title} {chunk.text}" if chunk.title else chunk.text
 
 
-def _encode_queries(encoder: TokenEncoder, name: str, queries: list[str]) -> list[np.ndarray]:
-    for number, query in enumerate(queries):
-        if not isinstance(query, str):
-            raise InputError(f"index {name!r}: query {number} is a {type(query).__name__}, not a str")
+def _encode_queries(encoder: TokenEncoder, name: str, queries: str | Sequence[str]) -> list[np.ndarray]:
+    queries = text_batch(queries, f"index {name!r}")
     vectors = encoder.encode_queries(queries)
     for number, (query, v) in enumerate(zip(queries, vectors)):
         if len(v) == 0:
@@ -663,15 +659,18 @@ class LateInteractionIndex(SavedIndex):
         """The token vectors this index would store for ``chunks`` (float32, before compression)."""
         return self._encoder.encode_documents([text_of(c) for c in chunks])
 
-    def encode_queries(self, queries: Sequence[str]) -> list[np.ndarray]:
-        """The query token vectors :meth:`search` uses."""
-        return _encode_queries(self._encoder, self.name, list(queries))
+    def encode_queries(self, queries: str | Sequence[str]) -> list[np.ndarray]:
+        """The query token vectors :meth:`search` uses (one str is one query)."""
+        return _encode_queries(self._encoder, self.name, queries)
 
-    def search(self, queries: list[str], k: int = 10) -> list[list[Hit]]:
-        """The ``k`` best chunks for each query by MaxSim, best first (ties by storage order)."""
+    def search(self, queries: str | Sequence[str], k: int = 10) -> list[list[Hit]]:
+        """The ``k`` best chunks for each query by MaxSim, best first (ties by storage order).
+
+        One str is one query (a batch of one), not one query per character.
+        """
         if k < 1:
             raise InputError(f"late index {self.name!r}: k must be at least 1, got {k}")
-        queries = list(queries)
+        queries = text_batch(queries, f"late index {self.name!r}")
         if not queries:
             return []
         vectors = self.encode_queries(queries)
@@ -1017,11 +1016,14 @@ class LateRerankIndex(SavedIndex):
         self._chunks.extend(chunks)
         self._rows.update((c.id, start + i) for i, c in enumerate(chunks))
 
-    def search(self, queries: list[str], k: int = 10) -> list[list[Hit]]:
-        """BM25's top ``max(depth, k)`` per query, reranked by MaxSim, best first (ties by BM25 rank)."""
+    def search(self, queries: str | Sequence[str], k: int = 10) -> list[list[Hit]]:
+        """BM25's top ``max(depth, k)`` per query, reranked by MaxSim, best first (ties by BM25 rank).
+
+        One str is one query (a batch of one), not one query per character.
+        """
         if k < 1:
             raise InputError(f"late-rerank index {self.name!r}: k must be at least 1, got {k}")
-        queries = list(queries)
+        queries = text_batch(queries, f"late-rerank index {self.name!r}")
         if not queries:
             return []
         vectors = _encode_queries(self._encoder, self.name, queries)

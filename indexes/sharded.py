@@ -59,6 +59,7 @@ from indexes.manifest import MANIFEST, SavedIndex, read_manifest, verify_files, 
 from rag.errors import InputError, SpecragError
 from rag.io import atomic_directory
 from rag.lazy import require
+from rag.protocols import text_batch
 from rag.registry import Component, build, register
 from rag.types import Chunk, Hit
 
@@ -350,17 +351,15 @@ class ShardedIndex(SavedIndex):
             self._ray().get([actors[n].delete.remote(ids) for n in done])
             raise self._error("add", failures)
 
-    def search(self, queries: list[str], k: int = 10) -> list[list[Hit]]:
+    def search(self, queries: str | Sequence[str], k: int = 10) -> list[list[Hit]]:
         """The ``k`` best chunks per query over all shards, best first (ties by chunk id).
 
-        Sets :attr:`last_report`. A failed shard raises :class:`ShardError` unless ``allow_partial``.
+        One str is one query (a batch of one), not one query per character. Sets :attr:`last_report`.
+        A failed shard raises :class:`ShardError` unless ``allow_partial``.
         """
         if k < 1:
             raise InputError(f"sharded index {self.name!r}: k must be at least 1, got {k}")
-        queries = list(queries)
-        for number, query in enumerate(queries):
-            if not isinstance(query, str):
-                raise InputError(f"sharded index {self.name!r}: query {number} is a {type(query).__name__}, not a str")
+        queries = text_batch(queries, f"sharded index {self.name!r}")
         report = SearchReport(shards=self.shards, queries=len(queries))
         self.last_report = report
         if not queries:

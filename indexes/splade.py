@@ -60,6 +60,7 @@ from rag.encoders import PROGRESS_THRESHOLD
 from rag.errors import InputError
 from rag.io import atomic_directory
 from rag.lazy import require
+from rag.protocols import text_batch
 from rag.shared import shared_model
 from rag.types import Chunk, Hit
 
@@ -152,11 +153,11 @@ class SpladeEncoder:
     def vocab_size(self) -> int:
         return len(self.vocabulary)
 
-    def encode_documents(self, texts: Sequence[str]) -> Any:
+    def encode_documents(self, texts: str | Sequence[str]) -> Any:
         """Term weights of corpus texts: a ``(len(texts), vocab_size)`` float32 CSR matrix, rows in input order."""
         return self._encode(texts, "documents")
 
-    def encode_queries(self, texts: Sequence[str]) -> Any:
+    def encode_queries(self, texts: str | Sequence[str]) -> Any:
         """Term weights of queries, as :meth:`encode_documents` (SPLADE encodes both sides alike)."""
         return self._encode(texts, "queries")
 
@@ -169,14 +170,9 @@ class SpladeEncoder:
         pairs = [(vocabulary[j], float(w)) for j, w in zip(row.indices.tolist(), row.data.tolist()) if w > 0]
         return sorted(pairs, key=lambda pair: (-pair[1], pair[0]))[:top]
 
-    def _encode(self, texts: Sequence[str], what: str) -> Any:
+    def _encode(self, texts: str | Sequence[str], what: str) -> Any:
         sparse = require("scipy.sparse", EXTRA, "scipy")
-        texts = list(texts)
-        for number, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise InputError(
-                    f"SPLADE encoder {self.model!r}: {what} item {number} is a {type(text).__name__}, not a str"
-                )
+        texts = text_batch(texts, f"SPLADE encoder {self.model!r}", f"{what} item")
         tokenizer, network, vocabulary = _load_model(self.model)
         if not texts:
             return sparse.csr_matrix((0, len(vocabulary)), dtype=np.float32)
@@ -300,14 +296,15 @@ class SpladeIndex(SavedIndex):
         for chunk in chunks:
             self._chunks[chunk.id] = chunk
 
-    def search(self, queries: list[str], k: int = 10) -> list[list[Hit]]:
+    def search(self, queries: str | Sequence[str], k: int = 10) -> list[list[Hit]]:
         """The ``k`` best chunks for each query, best first (ties by chunk id).
 
-        Scores are Lucene's impact scores (the integer dot product) divided by ``scale ** 2``.
+        One str is one query (a batch of one), not one query per character. Scores are Lucene's impact
+        scores (the integer dot product) divided by ``scale ** 2``.
         """
         if k < 1:
             raise InputError(f"splade index {self.name!r}: k must be at least 1, got {k}")
-        queries = list(queries)
+        queries = text_batch(queries, f"splade index {self.name!r}")
         if not queries:
             return []
         vectors = self.query_vectors(queries)  # checks the queries even when the index is empty
@@ -427,11 +424,9 @@ class SpladeIndex(SavedIndex):
             return f"{chunk.title} {chunk.text}"
         return chunk.text
 
-    def query_vectors(self, queries: Sequence[str]) -> Any:
-        """The quantised (int32 CSR) vectors that :meth:`search` sends to Lucene."""
-        for number, query in enumerate(queries):
-            if not isinstance(query, str):
-                raise InputError(f"splade index {self.name!r}: query {number} is a {type(query).__name__}, not a str")
+    def query_vectors(self, queries: str | Sequence[str]) -> Any:
+        """The quantised (int32 CSR) vectors that :meth:`search` sends to Lucene (one str is one query)."""
+        queries = text_batch(queries, f"splade index {self.name!r}")
         return quantize(self.encoder.encode_queries(queries), self.scale)
 
     def _term_weights(self, vectors: Any) -> list[dict[str, int]]:

@@ -43,6 +43,8 @@ class PipelineConfig(BaseModel):
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML (``.yaml``/``.yml``) or JSON file into plain data, naming the file on any error."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory; expected a YAML or JSON config file")
     if not path.is_file():
         raise InputError(f"{path}: config file not found")
     try:

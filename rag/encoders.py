@@ -16,6 +16,7 @@ import numpy as np
 
 from rag.errors import InputError
 from rag.lazy import require
+from rag.protocols import text_batch
 from rag.shared import shared_model
 
 DEVICE = "cpu"
@@ -94,16 +95,18 @@ class SentenceEncoder:
         get = getattr(backend, "get_embedding_dimension", None) or backend.get_sentence_embedding_dimension
         return int(get())
 
-    def encode_documents(self, texts: Sequence[str]) -> np.ndarray:
+    def encode_documents(self, texts: str | Sequence[str]) -> np.ndarray:
         """Embeddings of corpus texts, shape ``(len(texts), dimension)``, float32."""
         return self._encode(texts, self.backend.encode_document)
 
-    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
+    def encode_queries(self, texts: str | Sequence[str]) -> np.ndarray:
         """Embeddings of queries (the model's query prompt, if it has one), float32."""
         return self._encode(texts, self.backend.encode_query)
 
-    def _encode(self, texts: Sequence[str], method: Any) -> np.ndarray:
-        texts = list(texts)
+    def _encode(self, texts: str | Sequence[str], method: Any) -> np.ndarray:
+        # One str is one text: sentence-transformers would return a 1-D vector for it, and list() would
+        # split it into characters; either way the (len(texts), dimension) shape would be broken.
+        texts = text_batch(texts, f"encoder {self.model!r}", "text")
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
         vectors = method(

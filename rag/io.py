@@ -22,6 +22,8 @@ from rag.types import Document
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(line_number, object)`` for each non-blank line; bad JSON or bytes name file and line."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory; expected a JSONL file")
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     with path.open("rb") as handle:

@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from rag.config import ComponentSpec, PipelineConfig, dump_config, load_config_file, parse_pipeline_config
 from rag.errors import InputError
+from rag.protocols import text_batch
 from rag.registry import build
 from rag.types import Answer, Context, Document, Hit, StageRecord, Trace
 
@@ -102,6 +103,9 @@ class Pipeline:
     def load(cls, directory: str | Path) -> "Pipeline":
         """A pipeline saved by :meth:`save`, with its index loaded."""
         directory = Path(directory)
+        if not directory.is_dir():
+            what = "not a directory" if directory.exists() else "no such directory"
+            raise InputError(f"{directory}: {what}; expected a pipeline directory written by `specrag index`")
         if not (directory / CONFIG_FILE).is_file():
             raise InputError(f"{directory}: not a saved pipeline (no {CONFIG_FILE}); build one with `specrag index`")
         pipeline = cls.from_config(directory / CONFIG_FILE)
@@ -129,8 +133,8 @@ class Pipeline:
             record["n_out"] = len(self.index)
         return trace
 
-    def retrieve(self, questions: list[str]) -> tuple[list[list[Hit]], float]:
-        """Index hits for a batch of questions and the seconds it took."""
+    def retrieve(self, questions: str | Sequence[str]) -> tuple[list[list[Hit]], float]:
+        """Index hits for a batch of questions (one str is a batch of one) and the seconds it took."""
         started = time.perf_counter()
         hits = self.index.search(questions, self.retrieve_k)
         return hits, time.perf_counter() - started
@@ -139,11 +143,14 @@ class Pipeline:
         """Answer one question; ``on_text`` receives the answer's text as it is generated."""
         return self.ask_many([question], on_text=on_text)[0]
 
-    def ask_many(self, questions: Sequence[str], on_text: Callable[[str], None] | None = None) -> list[Answer]:
-        """Answer a batch: one batched search, then each question through the later stages."""
-        questions = list(questions)
+    def ask_many(self, questions: str | Sequence[str], on_text: Callable[[str], None] | None = None) -> list[Answer]:
+        """Answer a batch: one batched search, then each question through the later stages.
+
+        One str is one question (a batch of one), not one question per character.
+        """
+        questions = text_batch(questions, "pipeline.ask", "question")
         for number, question in enumerate(questions):
-            if not isinstance(question, str) or not question.strip():
+            if not question.strip():
                 raise InputError(f"pipeline.ask: question {number} is empty")
         all_hits, search_seconds = self.retrieve(questions)
         per_question = search_seconds / max(len(questions), 1)

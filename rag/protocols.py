@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Iterator, Protocol, runtime_checkable
+from typing import Iterable, Iterator, Protocol, Sequence, runtime_checkable
 
+from rag.errors import InputError
 from rag.registry import Component
 from rag.types import Answer, Chunk, Context, Document, Hit
 
@@ -16,11 +17,38 @@ class Chunker(Protocol):
     def chunk_many(self, docs: Iterable[Document]) -> list[Chunk]: ...
 
 
+def text_batch(texts: str | Iterable[str], owner: str, item: str = "query") -> list[str]:
+    """``texts`` as a list of str, where one str is a batch of one.
+
+    Every batch-first method (``Index.search``, the encoders, ``Pipeline.ask_many``) takes its texts through
+    here, so ``index.search("a question", 5)`` searches one query and returns one list of hits, instead of
+    iterating the str and searching each character. ``owner`` names the caller in errors
+    (``"dense index 'dense'"``); ``item`` names one text (``"query 1 is a int, not a str"``).
+
+        >>> text_batch("capital of France", "demo")
+        ['capital of France']
+        >>> text_batch(("a", "b"), "demo")
+        ['a', 'b']
+    """
+    if isinstance(texts, str):
+        return [texts]
+    # bytes are iterable too (over ints); a bare number is not iterable: both get one clear line.
+    if isinstance(texts, (bytes, bytearray)) or not isinstance(texts, Iterable):
+        raise InputError(f"{owner}: expected a str or a list of str, got a {type(texts).__name__}")
+    batch = list(texts)
+    for number, text in enumerate(batch):
+        if not isinstance(text, str):
+            raise InputError(f"{owner}: {item} {number} is a {type(text).__name__}, not a str")
+    return batch
+
+
 @runtime_checkable
 class Index(Protocol):
+    """``search`` takes a batch of queries; a single str is a batch of one (see :func:`text_batch`)."""
+
     def add(self, chunks: list[Chunk]) -> None: ...
 
-    def search(self, queries: list[str], k: int) -> list[list[Hit]]: ...
+    def search(self, queries: str | Sequence[str], k: int) -> list[list[Hit]]: ...
 
     def delete(self, chunk_ids: list[str]) -> int: ...
 

@@ -27,6 +27,7 @@ import math
 from typing import Any, Sequence
 
 from rag.errors import InputError
+from rag.protocols import text_batch
 from rag.registry import Component
 from rag.types import Hit
 
@@ -78,8 +79,9 @@ class BaseReranker(Component):
                 raise InputError(f"{self.name} reranker: query {query!r}: chunk {hit.chunk.id!r} scored {value}")
         return rank_by(hits, scores, self.name)[:k]
 
-    def rerank_many(self, queries: Sequence[str], hits: Sequence[list[Hit]], k: int) -> list[list[Hit]]:
-        """:meth:`rerank` for a batch of queries."""
+    def rerank_many(self, queries: str | Sequence[str], hits: Sequence[list[Hit]], k: int) -> list[list[Hit]]:
+        """:meth:`rerank` for a batch of queries, one list of hits each (one str is a batch of one query)."""
+        queries = text_batch(queries, f"{self.name} reranker")
         if len(queries) != len(hits):
             raise InputError(f"{self.name} reranker: {len(queries)} queries but {len(hits)} hit lists")
         return [self.rerank(q, h, k) for q, h in zip(queries, hits)]

