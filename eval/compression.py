@@ -209,7 +209,7 @@ def format_table(result: Mapping[str, Any]) -> str:
     head = (f"{'compressor':<22} {'rate':>4} {'achieved':>8} {'retention':>9} {'comp s uncached':>15} {'EM':>6} "
             f"{'F1':>6} {'answer s':>8}")
     lines = [f"{result['dataset']}: {result['questions']} questions, top {result['k']}", head]
-    fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+    fmt = lambda v, spec: format("-", spec.split(".")[0]) if v is None else format(v, spec)  # noqa: E731
     for r in result["results"]:
         lines.append(
             f"{r['compressor']:<22} {r['rate_requested']:>4g} {fmt(r['rate_achieved'], '>8.2f')} "
