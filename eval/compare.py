@@ -1,6 +1,7 @@
 """Compare two RAG runs question by question: ``specrag eval compare RUN_A RUN_B``.
 
-For every per-question metric both runs recorded (EM, F1, containment, citation precision, recall after
+For every per-question metric both runs recorded (EM, F1, containment, citation precision: all, written by
+the model and completed by the generator, and the share of answers completed; recall after
 each stage, context tokens, seconds per stage and in total) the delta ``B - A`` of the means over the
 questions both runs answered, a paired bootstrap confidence interval (questions resampled with
 replacement, the same resample for both runs) and a two-sided p-value for "no difference" (the bootstrap
@@ -24,15 +25,21 @@ from rag.cli import exit_codes
 from rag.errors import InputError
 
 QUALITY = ("em", "f1", "contains", "citation_precision")
+# Citation precision split by who wrote the citation (see eval.rag_eval.citation_split), and whether the
+# generator had to complete it (0/1 per question: its mean is the share of answers completed).
+CITATIONS = ("citation_precision_model", "citation_precision_completed", "citation_completed")
 COST = ("context_tokens", "answer_tokens")
 
 
 def per_question_values(record: Mapping[str, Any]) -> dict[str, float]:
     """The numbers of one record that can be compared across runs (``None`` values left out)."""
+    from eval.rag_eval import citation_split
+
     values: dict[str, float] = {}
-    for key in QUALITY + COST:
-        if record.get(key) is not None:
-            values[key] = float(record[key])
+    merged = {**record, **citation_split(record)}  # old records split from their trace too
+    for key in QUALITY + CITATIONS + COST:
+        if merged.get(key) is not None:
+            values[key] = float(merged[key])
     for stage, recall in record.get("recall", {}).items():
         values[f"recall.{stage}"] = float(recall)
     seconds: dict[str, float] = {}
@@ -101,11 +108,11 @@ def format_comparison(rows: Mapping[str, Mapping[str, float]], name_a: str, name
                       confidence: float = 0.95) -> str:
     level = f"{confidence:.0%} CI"
     lines = [f"A = {name_a}", f"B = {name_b}",
-             f"{'metric':<24} {'n':>5} {'A':>9} {'B':>9} {'B - A':>9} {level:>21} {'p':>7}"]
+             f"{'metric':<28} {'n':>5} {'A':>9} {'B':>9} {'B - A':>9} {level:>21} {'p':>7}"]
     for metric, r in rows.items():
         mark = " *" if r["p"] < 1 - confidence else ""
         lines.append(
-            f"{metric:<24} {r['n']:>5} {r['a']:>9.4f} {r['b']:>9.4f} {r['delta']:>+9.4f} "
+            f"{metric:<28} {r['n']:>5} {r['a']:>9.4f} {r['b']:>9.4f} {r['delta']:>+9.4f} "
             f"[{r['ci_low']:>+8.4f}, {r['ci_high']:>+8.4f}] {r['p']:>7.4f}{mark}"
         )
     lines.append(f"(paired bootstrap over questions; * p < {1 - confidence:.2f})")

@@ -12,7 +12,12 @@ answers every question. Per question the harness records, for each stage that ra
 - seconds, items in and out and tokens in and out (from the answer's trace);
 - for the generator: exact match, token F1 and containment of the answer (citation markers stripped first),
   citation precision (the share of cited chunks that are useful, as above), tokens/s, and every other
-  key the generate stage puts in its trace (draft acceptance when speculative decoding runs).
+  key the generate stage puts in its trace (draft acceptance when speculative decoding runs);
+- citations by who wrote them: when the model cites no passage, the grounded generator appends one itself
+  and its trace says ``citation_completed``. ``citation_precision`` counts both kinds;
+  ``citation_precision_model`` only answers whose citations the model wrote, ``citation_precision_completed``
+  only answers whose citation the system completed, and ``citation_completed`` (in the summary: the share
+  of answers) says which one a record is. See :func:`citation_split`.
 
 A run directory holds ``config.yaml`` (the resolved pipeline), ``run.json`` (data set card and options),
 ``records.jsonl`` (one line per question, appended and flushed as it goes), ``summary.json`` and PNG plots.
@@ -95,7 +100,29 @@ def score_answer(question: QAQuestion, answer: Answer, stage_outputs: Sequence[t
         "answer_tokens": generate["tokens_out"] if generate else None,
         "stages": stages,
     }
+    record.update(citation_split(record))
     return record
+
+
+def citation_split(record: Mapping[str, Any]) -> dict[str, Any]:
+    """Who wrote a record's citations: ``citation_completed`` and the precision of each kind.
+
+    Read from the generate stage's trace (``extra["citation_completed"]``) and the record's
+    ``citation_precision``, so records written before these fields existed split the same way. The grounded
+    generator completes a citation only when the model's answer named no passage, and then adds exactly
+    one, so a record's citations are all the model's or all completed: the precision of the other kind is
+    ``None``. ``citation_completed`` is ``None`` when there is no generate stage or its trace does not say
+    (another generator), and both precisions are ``None`` then.
+    """
+    generate = next((s for s in record.get("stages", []) if s.get("stage") == "generate"), None)
+    flag = (generate or {}).get("extra", {}).get("citation_completed")
+    completed = None if flag is None else bool(flag)
+    precision = record.get("citation_precision")
+    return {
+        "citation_completed": completed,
+        "citation_precision_model": precision if completed is False else None,
+        "citation_precision_completed": precision if completed else None,
+    }
 
 
 def _items(output: Any) -> list[tuple[str, str, str]]:
@@ -172,11 +199,25 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     its trace's ``extra``, such as the generator's tokens/s and draft acceptance; these may depend on what
     the components saw before, e.g. an adaptive drafter's history), ``timing`` (seconds per stage) and
     ``stages`` (a table per stage). A question without a value for a metric (no citation, say) is left
-    out of that metric's mean."""
+    out of that metric's mean.
+
+    Citations: ``citation_precision`` over every cited answer, ``citation_precision_model`` over answers
+    whose citations the model wrote, ``citation_precision_completed`` over answers whose citation the
+    generator completed; ``cited`` is the share of answers citing a passage, ``cited_by_model`` the share
+    citing one the model wrote, and ``citation_completed`` the share whose citation was completed (over
+    answers whose trace says; ``None`` when none does)."""
     metrics: dict[str, Any] = {"questions": len(records)}
     for key in ("em", "f1", "contains", "citation_precision", "context_tokens", "answer_tokens"):
         metrics[key] = _mean([r.get(key) for r in records])
-    metrics["cited"] = _mean([float(bool(r.get("citations"))) for r in records if r.get("em") is not None])
+    answered = [r for r in records if r.get("em") is not None]
+    split = [citation_split(r) for r in answered]  # from the trace: old run directories split too
+    metrics["citation_precision_model"] = _mean([c["citation_precision_model"] for c in split])
+    metrics["citation_precision_completed"] = _mean([c["citation_precision_completed"] for c in split])
+    metrics["cited"] = _mean([float(bool(r.get("citations"))) for r in answered])
+    metrics["cited_by_model"] = _mean([float(bool(r.get("citations")) and c["citation_completed"] is False)
+                                       for r, c in zip(answered, split) if c["citation_completed"] is not None])
+    metrics["citation_completed"] = _mean([float(c["citation_completed"]) for c in split
+                                           if c["citation_completed"] is not None])
     stage_names: list[str] = []
     for r in records:
         for name in list(r.get("recall", {})) + [s["stage"] for s in r.get("stages", [])]:
@@ -367,9 +408,12 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         )
     lines.append(f"{'total':<12} {'':>7} {'':>6} {'':>6} {'':>8} {'':>8} {t['seconds.total'] or 0:>8.3f}")
     fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    lines.append(f"EM {fmt(m.get('em'))}  F1 {fmt(m.get('f1'))}  contains {fmt(m.get('contains'))}")
     lines.append(
-        f"EM {fmt(m.get('em'))}  F1 {fmt(m.get('f1'))}  contains {fmt(m.get('contains'))}  "
-        f"citation precision {fmt(m.get('citation_precision'))} (cited {fmt(m.get('cited'))})"
+        f"citation precision: all {fmt(m.get('citation_precision'))} (answers citing {fmt(m.get('cited'))}); "
+        f"written by the model {fmt(m.get('citation_precision_model'))} (answers {fmt(m.get('cited_by_model'))}); "
+        f"completed by the generator {fmt(m.get('citation_precision_completed'))} "
+        f"(answers {fmt(m.get('citation_completed'))})"
     )
     extra = {k: v for k, v in summary.get("extras", {}).items() if k.startswith("generate.") and v is not None}
     if extra:

@@ -54,6 +54,25 @@ def test_a_known_improvement_is_found_and_no_change_is_not(runs: tuple[Path, Pat
     assert compare_runs(*runs) == rows  # seeded
 
 
+def test_citations_are_compared_by_who_wrote_them(tmp_path: Path) -> None:
+    def run(directory: Path, completed: list[bool]) -> Path:
+        directory.mkdir()
+        with (directory / RECORDS).open("w") as handle:
+            for i, flag in enumerate(completed):
+                handle.write(json.dumps({
+                    "id": f"q{i}", "em": 0.0, "f1": 0.5, "contains": 1.0, "citations": ["c#0"],
+                    "citation_precision": 0.0 if flag else 1.0, "recall": {},
+                    "stages": [{"stage": "generate", "seconds": 1.0, "extra": {"citation_completed": flag}}],
+                }) + "\n")
+        return directory
+
+    # A: the model cites every answer itself. B: the generator completes the citation of half of them.
+    rows = compare_runs(run(tmp_path / "a", [False] * 20), run(tmp_path / "b", [i % 2 == 0 for i in range(20)]))
+    assert rows["citation_completed"]["a"] == 0.0 and rows["citation_completed"]["b"] == 0.5
+    assert rows["citation_precision_model"]["n"] == 10 and rows["citation_precision_model"]["delta"] == 0
+    assert "citation_precision_completed" not in rows  # A completed none: nothing to pair
+
+
 def test_a_noisy_difference_is_not_significant() -> None:
     rng = np.random.default_rng(2)
     a = rng.uniform(0, 1, 30)

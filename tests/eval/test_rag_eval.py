@@ -44,6 +44,52 @@ def test_score_answer_counts_useful_chunks_per_stage_and_cited_precision() -> No
     assert summary["stages"]["filter"]["recall"] == 0.0
 
 
+def _cited_answer(cited: str, completed: bool) -> Answer:
+    """An answer citing chunk ``cited`` as [1]; ``completed``: the generator appended it, the model cited nothing."""
+    trace = Trace([StageRecord("retrieve", 0.01, 1, 2),
+                   StageRecord("generate", 1.0, 2, 1, 300, 7, {"citation_completed": completed})])
+    return Answer("the Denver Broncos [1]", [Citation(1, cited, cited.split("#")[0])], [], trace)
+
+
+def test_citations_the_model_wrote_and_citations_the_generator_completed_are_scored_apart() -> None:
+    question = QAQuestion("q1", "Who won Super Bowl 50?", ("Denver Broncos",), frozenset())
+    bearing = _hit("other#0", "other", "The Denver Broncos won the game.")
+    noise = _hit("noise#0", "noise", "Nothing of use here.")
+    stages = [("retrieve", [bearing, noise])]
+    # Two answers cite a useful chunk themselves; three got a completed citation, of which one is useful.
+    records = [score_answer(question, _cited_answer("other#0", False), stages) for _ in range(2)]
+    records += [score_answer(question, _cited_answer(c, True), stages) for c in ("other#0", "noise#0", "noise#0")]
+    assert records[0]["citation_completed"] is False and records[0]["citation_precision_model"] == 1.0
+    assert records[0]["citation_precision_completed"] is None
+    assert records[3]["citation_completed"] is True and records[3]["citation_precision_model"] is None
+    assert [r["citation_precision_completed"] for r in records[2:]] == [1.0, 0.0, 0.0]
+
+    metrics = summarize(records)["metrics"]
+    assert metrics["citation_precision"] == pytest.approx(3 / 5)  # both kinds, as before
+    assert metrics["citation_precision_model"] == 1.0
+    assert metrics["citation_precision_completed"] == pytest.approx(1 / 3)
+    assert metrics["citation_completed"] == pytest.approx(3 / 5)
+    assert metrics["cited"] == 1.0 and metrics["cited_by_model"] == pytest.approx(2 / 5)
+
+    # Records written before the split existed carry the flag only in their trace: they split the same way.
+    old = [{k: v for k, v in r.items() if k not in ("citation_completed", "citation_precision_model",
+                                                     "citation_precision_completed")} for r in records]
+    assert summarize(old)["metrics"] == metrics
+
+
+def test_the_summary_line_shows_both_kinds_of_citation() -> None:
+    from eval.rag_eval import format_summary
+
+    question = QAQuestion("q1", "Who won Super Bowl 50?", ("Denver Broncos",), frozenset())
+    bearing = _hit("other#0", "other", "The Denver Broncos won the game.")
+    records = [score_answer(question, _cited_answer("other#0", completed), [("retrieve", [bearing])])
+               for completed in (False, True, True, True)]
+    summary = {"dataset": {"name": "tiny", "split": "test", "passages": 1}, **summarize(records)}
+    text = format_summary(summary)
+    assert "written by the model 1.0000 (answers 0.2500)" in text
+    assert "completed by the generator 1.0000 (answers 0.7500)" in text
+
+
 def test_strip_citations() -> None:
     assert strip_citations("Paris [1, 3]. [2]") == "Paris."
 
