@@ -11,13 +11,20 @@ PACKS  := minilm splade-tiny smollm2-135m qwen2.5-0.5b
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE := 1
 
-.PHONY: demo test bench install packs clean
+.PHONY: demo test test-slow bench install packs clean
 
 demo: packs
 	$(BIN)/specrag demo
 
+# Tests marked `slow` are left out here (addopts in pyproject.toml) and run by `make test-slow`.
 test: packs
 	$(BIN)/python -m pytest
+
+# The slow tier: SciFact end to end with a full dense index (claims such as "hybrid beats both of its
+# inputs", and every retrieval pin in eval/expected that is not quick). Run it before changing a README
+# figure it covers. The end-to-end RAG pins take hours on a CPU and stay with `specrag eval check`.
+test-slow: packs
+	$(BIN)/python -m pytest -m slow
 
 bench: packs
 	$(BIN)/python -m eval.bench_indexing

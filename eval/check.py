@@ -36,6 +36,7 @@ from typing import Any, Callable, Mapping
 
 from rag.errors import InputError, SpecragError
 
+# The yaml files ship as package data (pyproject.toml), so this holds in an installed wheel as in a checkout.
 PINS_DIR = Path(__file__).resolve().parent / "expected"
 KINDS = ("retrieval", "rag")
 

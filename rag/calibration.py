@@ -30,6 +30,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from rag.errors import FormatVersionError, InputError
+from rag.lazy import require
 from rag.protocols import BaseFilter
 from rag.rerank import check_hits
 from rag.types import Hit
@@ -114,7 +115,7 @@ def best_threshold(values: Sequence[np.ndarray], labels: Sequence[np.ndarray], n
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-3) -> tuple[np.ndarray, float]:
     """L2-regularised logistic regression (scipy's L-BFGS): weights and intercept."""
-    from scipy.optimize import minimize
+    minimize = require("scipy.optimize", "eval", "scipy").minimize  # fitting is part of evaluation
 
     def loss(params: np.ndarray) -> tuple[float, np.ndarray]:
         w, b = params[:-1], params[-1]

@@ -22,7 +22,8 @@ DATA = Path(os.environ.get("SPECRAG_DATA", ROOT.parent / "shared" / "data"))
 def pytest_configure(config: pytest.Config) -> None:
     import torch
 
-    torch.set_num_threads(2)
+    # Two torch threads unless SPECRAG_THREADS says otherwise (as for the CLI), e.g. on a shared machine.
+    torch.set_num_threads(int(os.environ.get("SPECRAG_THREADS") or 2))
     try:
         import faiss
 

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from eval.check import PINS_DIR, check_pins, load_pins
+from eval.check import PINS_DIR, check_pins, format_result, load_pins
 from rag.cli import main
 from rag.errors import InputError
+from tests.indexes.test_hybrid import PINS_OF_THE_BUILD
 
 
 def test_every_pin_file_loads_and_names_its_source() -> None:
@@ -29,6 +30,16 @@ def test_quick_check_passes(data_dir: Path, capsys: pytest.CaptureFixture[str]) 
     lines = [line for line in out.splitlines() if line.startswith(("OK", "FAIL"))]
     assert lines and all(line.startswith("OK") for line in lines)
     assert any("published: pyserini" in line for line in lines)
+
+
+@pytest.mark.slow
+def test_the_other_retrieval_pins_that_are_not_quick_pass(data_dir: Path) -> None:
+    """The slow tier's share of `specrag eval check`: every retrieval pin that is not quick, but for those
+    the slow hybrid test re-measures from its own SciFact build (tests/indexes/test_hybrid.py)."""
+    runs = [r for r in load_pins(PINS_DIR) if r.kind == "retrieval" and not r.quick and r.name not in PINS_OF_THE_BUILD]
+    assert runs
+    results = check_pins(runs, data_root=data_dir, report=lambda _: None)
+    assert results and all(r.ok for r in results), "\n".join(format_result(r) for r in results)
 
 
 def _pins(tmp_path: Path, value: float, tolerance: float) -> Path:

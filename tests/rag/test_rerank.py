@@ -13,6 +13,7 @@ from rag.errors import InputError
 from rag.registry import build
 from rag.rerank import BaseReranker, CrossEncoderReranker, FirstReranker, LLMPointwiseReranker, rank_by
 from rag.types import Chunk, Hit
+from tests.ranking import assert_same_ranking
 
 
 def hit(n: int, score: float = 1.0, text: str | None = None, source: str = "bm25") -> Hit:
@@ -100,8 +101,8 @@ def test_cross_encoder_scores_are_the_checkpoints_own(tiny_cross_encoder: Path) 
     direct = CrossEncoder(str(tiny_cross_encoder), device="cpu", max_length=64).predict(
         [("a query", h.chunk.text) for h in hits])
     expected = sorted(range(6), key=lambda i: -direct[i])[:4]
-    assert [h.chunk.id for h in out] == [f"c{i}" for i in expected]
-    assert [h.score for h in out] == pytest.approx([float(direct[i]) for i in expected], abs=1e-5)
+    # Batches of 4 here and of 32 there: other padding, so float noise in the last bits.
+    assert_same_ranking([out], [[(f"c{i}", float(direct[i])) for i in expected]], rel=0.0, abs=1e-5)
     assert {h.source for h in out} == {"cross-encoder"}
 
 
