@@ -77,8 +77,8 @@ from rag.errors import InputError
 from rag.io import atomic_directory
 from rag.lazy import require
 from rag.protocols import text_batch
-from rag.shared import shared_model
 from rag.registry import Component
+from rag.shared import shared_model
 from rag.types import Chunk, Hit
 
 FORMAT_VERSION = 1

@@ -115,6 +115,14 @@ class GroundedGenerator(Component):
         self._prefix: tuple[list[int], object] | None = None  # cached system-prompt KV: (tokens, session)
         self._tracker = None
 
+    def engine_reason(self) -> str:
+        """Why this engine runs the model: the measurement behind ``auto``, or that the user pinned it."""
+        if self.engine != "auto" or self.quantize is not None:
+            return f"{self.engine if self.quantize is None else 'transformers:float32'}: pinned by the configuration"
+        from rag.generation.calibrate import choose_engine
+
+        return choose_engine(self.model).reason
+
     def uses_speculation(self) -> bool:
         """Whether answers are decoded speculatively with these settings."""
         wanted = self.temperature == 0 if self.speculative is None else self.speculative
@@ -207,7 +215,8 @@ class GroundedGenerator(Component):
                 text = f"{text.rstrip()} [{completed}]"
                 if on_text:
                     on_text(f" [{completed}]")
-        extra = {"prefill_seconds": stats.prefill_seconds, "decode_seconds": stats.decode_seconds,
+        extra = {"engine_reason": self.engine_reason(),
+                 "prefill_seconds": stats.prefill_seconds, "decode_seconds": stats.decode_seconds,
                  "tokens_per_second": stats.tokens_per_second, "first_token_seconds": stats.first_token_seconds,
                  "reused_prompt_tokens": stats.reused_prompt_tokens, "load_seconds": load_seconds,
                  "model": self.model, "engine": lm.name, "engine_asked": self.engine, "quantize": self.quantize, "citation_completed": completed is not None,

@@ -48,3 +48,20 @@ def test_bench_generate_refuses_a_method_that_needs_a_draft_model(data_dir, caps
                  "--methods", "ours_model"])
     assert code == 2
     assert "need --draft" in capsys.readouterr().err
+
+
+def test_bench_engines_prints_each_engines_calibration_then_answer_times(data_dir, capsys):
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is built by `make install`")
+    code = main(["--threads", "1", "bench", "engines", "--model", "smollm2-135m", "--data",
+                 str(data_dir / "squad-v1.1-dev"), "--n", "1", "--max-new-tokens", "6", "--threads", "1",
+                 "--engines", "transformers:float32,llama.cpp"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(result["calibration"]) == set(result["engines"]) == {"transformers:float32", "llama.cpp"}
+    for row in result["calibration"].values():
+        assert row["prompt_tokens_per_second"] > 0 and row["decode_ms"] > 0
+        assert set(row["width_costs"]) == {"1", "2", "4", "8", "16", "32"}
+    for engine in result["engines"].values():
+        assert set(engine["methods"]) == {"plain", "ours_combined"}
+        assert engine["methods"]["ours_combined"]["answer_s"] > 0
+    assert "greedy_vs_float32" in result["engines"]["llama.cpp"]

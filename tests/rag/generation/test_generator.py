@@ -2,8 +2,9 @@
 
 import pytest
 
-from rag.generation.generator import GroundedGenerator, format_passages, parse_citations
+from rag.errors import InputError
 from rag.generation.decode import decode
+from rag.generation.generator import GroundedGenerator, format_passages, parse_citations
 from rag.generation.hf import load_causal_lm
 from rag.types import Chunk, Context, Hit
 
@@ -123,12 +124,15 @@ def test_citation_completion_adds_a_marker_only_when_missing():
 def test_speculation_is_on_when_lossless_and_changes_no_token():
     context = make_context()
     question = "What does functools.lru_cache do?"
-    fast = GroundedGenerator(model="smollm2-135m", max_new_tokens=32)
-    plain = GroundedGenerator(model="smollm2-135m", max_new_tokens=32, speculative=False)
+    # One engine pinned: identity is judged against the same engine's plain greedy (every engine, with the
+    # near-tie rule for batched passes, is covered in test_engines.py).
+    fast = GroundedGenerator(model="smollm2-135m", engine="transformers:float32", max_new_tokens=32)
+    plain = GroundedGenerator(model="smollm2-135m", engine="transformers:float32", max_new_tokens=32, speculative=False)
     assert fast.uses_speculation() and not plain.uses_speculation()
     answer, reference = fast.generate(question, context), plain.generate(question, context)
     assert answer.text == reference.text
     extra = answer.trace.stages[0].extra
+    assert extra["engine"] == extra["engine_asked"] == "transformers:float32"
     assert extra["speculative"] is True and extra["drafters"] == ["sam", "ngram"]
     for key in ("drafted", "accepted", "forward_passes", "mean_accepted_length", "first_token_seconds",
                 "tokens_per_second"):
@@ -166,3 +170,16 @@ def test_int8_is_an_explicit_option():
         "What does json.dumps do?", make_context())
     assert answer.trace.stages[0].extra["quantize"] == "int8" and answer.trace.stages[0].tokens_out <= 8
     assert GroundedGenerator().quantize is None
+
+
+def test_the_engine_is_a_round_tripped_parameter_and_auto_reports_what_it_chose():
+    generator = GroundedGenerator(model="smollm2-135m", engine="transformers", max_new_tokens=4)
+    assert generator.engine == "transformers:float32"
+    assert GroundedGenerator(**generator.to_config()["params"]) == generator
+    with pytest.raises(InputError, match="unknown engine"):
+        GroundedGenerator(engine="onnx")
+    answer = GroundedGenerator(model="smollm2-135m", max_new_tokens=4).generate("What does json.dumps do?", make_context())
+    extra = answer.trace.stages[0].extra
+    assert extra["engine_asked"] == "auto" and extra["engine"] in ("transformers:float32", "transformers:bfloat16",
+                                                                    "llama.cpp")
+    assert extra["engine_reason"].startswith(extra["engine"])
