@@ -219,8 +219,8 @@ class GroundedGenerator(Component):
                  "prefill_seconds": stats.prefill_seconds, "decode_seconds": stats.decode_seconds,
                  "tokens_per_second": stats.tokens_per_second, "first_token_seconds": stats.first_token_seconds,
                  "reused_prompt_tokens": stats.reused_prompt_tokens, "load_seconds": load_seconds,
-                 "model": self.model, "engine": lm.name, "engine_asked": self.engine, "quantize": self.quantize, "citation_completed": completed is not None,
-                 "speculative": speculate}
+                 "model": self.model, "engine": lm.name, "engine_asked": self.engine, "quantize": self.quantize,
+                 "citation_completed": completed is not None, "speculative": speculate}
         extra.update(stats.as_dict())
         if speculate:
             extra["drafters"] = list(self.drafters)

@@ -40,8 +40,8 @@ def rag_prompts(lm) -> list[list[int]]:
         ("json", "json.dumps(obj) serializes obj to a JSON formatted str. If sort_keys is true, the output of "
                  "dictionaries will be sorted by key. json.loads deserializes a str containing a JSON document."),
     ]
-    context = Context.from_hits([Hit(Chunk(id=f"c{i}", doc_id=f"d{i}", text=t, start=0, end=len(t), title=title), 1.0, "test")
-                                 for i, (title, t) in enumerate(passages)])
+    context = Context.from_hits([Hit(Chunk(id=f"c{i}", doc_id=f"d{i}", text=t, start=0, end=len(t), title=title),
+                                     1.0, "test") for i, (title, t) in enumerate(passages)])
     from rag.generation.generator import GroundedGenerator
 
     generator = GroundedGenerator(model=lm.spec)

@@ -2,7 +2,8 @@
 
 from rag.generation.llama_build import build_key, cmake_args, cpu_flags
 
-XEON = "processor\t: 0\nflags\t\t: fpu sse4_2 avx avx2 fma f16c bmi2 avx512f avx512vbmi avx512_vnni avx512_bf16 amx_tile amx_int8 amx_bf16\n"
+XEON = ("processor\t: 0\nflags\t\t: fpu sse4_2 avx avx2 fma f16c bmi2 avx512f avx512vbmi avx512_vnni avx512_bf16 "
+        "amx_tile amx_int8 amx_bf16\n")
 EPYC = "processor\t: 0\nflags\t\t: fpu sse4_2 avx avx2 fma f16c bmi2\n"
 
 
