@@ -103,6 +103,7 @@ class DenseIndex(SavedIndex):
     :func:`default_nlist` from the first add) and ``pq_m`` (sub-quantizers; must divide the dimension).
     Knobs of other kinds are recorded but unused. ``mmap`` loads saved vectors memory-mapped (read-only
     pages shared with the OS cache) instead of reading them into memory, for indexes larger than RAM.
+    ``dtype`` is the encoder's (``float32`` or ``bfloat16``; see :class:`rag.encoders.SentenceEncoder`).
     Constructing is cheap: the model loads on the first ``add`` or ``search``.
     """
 
@@ -121,6 +122,7 @@ class DenseIndex(SavedIndex):
         nlist: int = 0,
         pq_m: int = 96,
         mmap: bool = False,
+        dtype: str = "float32",
     ) -> None:
         faiss_kind(kind)
         for label, value in (("batch_size", batch_size), ("ef_search", ef_search), ("nprobe", nprobe), ("pq_m", pq_m)):
@@ -138,6 +140,7 @@ class DenseIndex(SavedIndex):
         self.nlist = nlist
         self.pq_m = pq_m
         self.mmap = mmap
+        self.dtype = dtype
         self._factory = ""  # the resolved faiss factory string, once the faiss index exists
         self._faiss: Any = None  # built on the first add (it needs the dimension) or by load
         self._chunks: dict[int, Chunk] = {}  # faiss id -> chunk
@@ -302,7 +305,7 @@ class DenseIndex(SavedIndex):
     @property
     def encoder(self) -> SentenceEncoder:
         """The shared encoder for ``model`` (models are cached per process, so this is cheap)."""
-        return SentenceEncoder(self.model, batch_size=self.batch_size)
+        return SentenceEncoder(self.model, batch_size=self.batch_size, dtype=self.dtype)
 
     def warm_up(self) -> None:
         """Load the model now, so that the first ``add`` or ``search`` does not pay for it."""

@@ -237,6 +237,7 @@ def test_config_round_trip() -> None:
         "params": {
             "model": "minilm", "kind": "flat", "batch_size": 16, "include_title": False, "name": "dense-notitle",
             "ef_search": 128, "nprobe": 32, "nlist": 0, "pq_m": 96, "mmap": False,
+            "dtype": "float32",
         },
     }
     assert build("index", config) == idx
