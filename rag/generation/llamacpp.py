@@ -39,18 +39,15 @@ class EngineError(SpecragError):
 
 def gguf_file(model: str) -> Path:
     """The GGUF file behind ``model``: a pack shipped as GGUF, or a path to a ``.gguf`` file."""
-    from rag.models import PACKS, gguf_path
+    from rag.models import PACKS, fetch, gguf_path, pack_status
 
     if model in PACKS:
-        if PACKS[model].kind != "gguf":
+        if PACKS[model].kind == "folder":
             raise InputError(f"engine 'llama.cpp': model pack {model!r} is not a GGUF pack "
-                             f"(GGUF packs: {', '.join(n for n, s in PACKS.items() if s.kind == 'gguf')})")
-        path = gguf_path(model)
-        if not path.is_file():
-            from rag.models import fetch
-
+                             f"(GGUF packs: {', '.join(n for n, s in PACKS.items() if s.kind != 'folder')})")
+        if pack_status(model).state not in ("verified", "converted"):
             fetch([model])
-        return path
+        return gguf_path(model)
     path = Path(model)
     if path.suffix == ".gguf" and path.is_file():
         return path

@@ -120,6 +120,18 @@ def test_llama_cpp_engine_reads_the_gguf_pack_and_refuses_other_models(tmp_path)
         load_engine(str(tmp_path), "llama.cpp")
 
 
+def test_llama_cpp_reads_a_gguf_pack_assembled_from_parts():
+    """Packs shipped as split GGUF files (the Qwen packs) are GGUF packs too, not only single-file ones."""
+    from rag.generation.llamacpp import gguf_file
+    from rag.models import PACKS, pack_status
+
+    assert PACKS["qwen2.5-0.5b"].kind == "gguf-parts"
+    if pack_status("qwen2.5-0.5b").state != "converted":
+        pytest.skip("the qwen2.5-0.5b pack is not fetched (`make packs`)")
+    path = gguf_file("qwen2.5-0.5b")
+    assert path.suffix == ".gguf" and path.is_file()
+
+
 def test_llama_cpp_and_transformers_read_the_same_prompt_tokens():
     llama = engine_or_skip("llama.cpp")
     hf = load_engine("smollm2-135m", "transformers:float32")

@@ -41,7 +41,7 @@ def prompts(n: int, length: int = 40, seed: int = 1) -> list[list[int]]:
     return [torch.randint(0, 60, (length,), generator=generator).tolist() for _ in range(n)]
 
 
-def assert_greedy_tokens(lm: CausalLM, prompt: list[int], ours: list[int], plain: list[int], what: str = "") -> None:
+def assert_greedy_tokens(lm: TransformersEngine, prompt: list[int], ours: list[int], plain: list[int], what: str = "") -> None:
     """Speculative greedy decoding gives plain greedy's tokens. A verification pass computes the target's
     logits for several positions at once, and those can differ from one-at-a-time decoding in the last float
     bits; only where the target's two best tokens are tied within that noise may the outputs part (and
