@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -71,6 +72,12 @@ def _hf_tokenizer(model: str, gguf: Path) -> tuple[Any, Any]:
     return transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name), None
 
 
+def _free_llama(llama_cpp: Any, batch: Any, llama: Any) -> None:
+    """Free the batch buffer and the model of a LlamaCppEngine (its finalizer)."""
+    llama_cpp.llama_batch_free(batch)
+    llama.close()
+
+
 class LlamaCppEngine(Engine):
     """A GGUF model in one llama.cpp context. Use :func:`load_llama`, which shares one per model."""
 
@@ -95,12 +102,10 @@ class LlamaCppEngine(Engine):
         self._batch = llama_cpp.llama_batch_init(BATCH_TOKENS, 0, 1)
         self._held: list[int] = []  # the tokens the context's sequence 0 holds now
         self._lock = threading.RLock()
+        # A finalizer rather than __del__: it also runs at interpreter exit, before module teardown, when
+        # llama_cpp's functions still exist (__del__ then found them None and printed tracebacks).
+        weakref.finalize(self, _free_llama, llama_cpp, self._batch, self._llama)
 
-    def __del__(self) -> None:
-        batch = getattr(self, "_batch", None)
-        if batch is not None:
-            self._ll.llama_batch_free(batch)
-            self._batch = None
 
     def new_session(self) -> "LlamaCppSession":
         return LlamaCppSession(self)
