@@ -39,9 +39,10 @@ applied).
 
 ``exhaustive=True`` skips stage 1 and scores every document exactly (brute-force MaxSim, the reference).
 The defaults (``nlist`` the power of two nearest ``4 * sqrt(tokens)``, 4,096 for SciFact; ``nprobe=128``,
-``candidates=512``) come from a full-SciFact grid: they keep about 0.96 of brute force's top 100 at about a
-fifteenth of its CPU time (``eval/results/late.md``); raise ``candidates`` (or ``nprobe``) when recall
-matters more than speed. An index saved with fewer centroids (1,024, the earlier default for SciFact) still
+``candidates=512``) are chosen on SciFact's 809 train queries (``python -m eval.bench_late --split train
+--grid``, which prints the choice): they keep about 0.966 of brute force's top 100 at about a fifteenth of
+its CPU time there, and 0.965 at 14.9x on the 300 test queries (``eval/results/late.md``); raise
+``candidates`` (or ``nprobe``) when recall matters more than speed. An index saved with fewer centroids (1,024, the earlier default for SciFact) still
 loads and searches; its measured setting was ``nprobe=32``, ``candidates=1024`` (recall 0.95 at about 9x).
 
 **Storage.** Token vectors are kept compressed: ``storage="int8"`` (the default: one signed byte per
@@ -93,8 +94,8 @@ CODES = "codes.npy"
 BM25_DIR = "bm25"
 # Below this many texts a progress bar is noise.
 PROGRESS_THRESHOLD = 200
-# From a full-SciFact grid (eval/results/late.md; 4,096 centroids): recall@100 against brute force about 0.96,
-# about 15x faster than brute-force MaxSim.
+# Chosen on SciFact's train queries (eval/bench_late.py --split train --grid; eval/results/late.md; 4,096
+# centroids): recall@100 against brute force about 0.966, about 15x faster than brute-force MaxSim.
 DEFAULT_NPROBE = 128
 DEFAULT_CANDIDATES = 512
 # Centroids per sqrt(tokens) (see default_nlist): finer centroids make centroid interaction and the pruning of
