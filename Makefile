@@ -29,8 +29,8 @@ test-slow: packs
 bench: packs
 	$(BIN)/python -m eval.bench_indexing
 	$(BIN)/python -m eval.bench_bm25
-	$(BIN)/python -m eval.bench_dense
-	$(BIN)/python -m eval.bench_late
+	$(BIN)/python -m eval.bench_dense --split test
+	$(BIN)/python -m eval.bench_late --split test
 	$(BIN)/python -m eval.bench_chunking
 	$(BIN)/python -m eval.bench_compression --repeats 2
 

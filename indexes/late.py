@@ -39,9 +39,10 @@ applied).
 
 ``exhaustive=True`` skips stage 1 and scores every document exactly (brute-force MaxSim, the reference).
 The defaults (``nlist`` the power of two nearest ``4 * sqrt(tokens)``, 4,096 for SciFact; ``nprobe=128``,
-``candidates=512``) come from a full-SciFact grid: they keep about 0.96 of brute force's top 100 at about a
-fifteenth of its CPU time (``eval/results/late.md``); raise ``candidates`` (or ``nprobe``) when recall
-matters more than speed. An index saved with fewer centroids (1,024, the earlier default for SciFact) still
+``candidates=512``) are chosen on SciFact's 809 train queries (``python -m eval.bench_late --split train
+--grid``, which prints the choice): they keep about 0.966 of brute force's top 100 at about a fifteenth of
+its CPU time there, and 0.965 at 14.9x on the 300 test queries (``eval/results/late.md``); raise
+``candidates`` (or ``nprobe``) when recall matters more than speed. An index saved with fewer centroids (1,024, the earlier default for SciFact) still
 loads and searches; its measured setting was ``nprobe=32``, ``candidates=1024`` (recall 0.95 at about 9x).
 
 **Storage.** Token vectors are kept compressed: ``storage="int8"`` (the default: one signed byte per
@@ -94,8 +95,8 @@ CODES = "codes.npy"
 BM25_DIR = "bm25"
 # Below this many texts a progress bar is noise.
 PROGRESS_THRESHOLD = 200
-# From a full-SciFact grid (eval/results/late.md; 4,096 centroids): recall@100 against brute force about 0.96,
-# about 15x faster than brute-force MaxSim.
+# Chosen on SciFact's train queries (eval/bench_late.py --split train --grid; eval/results/late.md; 4,096
+# centroids): recall@100 against brute force about 0.966, about 15x faster than brute-force MaxSim.
 DEFAULT_NPROBE = 128
 DEFAULT_CANDIDATES = 512
 # Centroids per sqrt(tokens) (see default_nlist): finer centroids make centroid interaction and the pruning of
@@ -552,13 +553,13 @@ def _top(scores: np.ndarray, k: int) -> np.ndarray:
     return part[np.lexsort((part, -scores[part]))]
 
 
-def default_nlist(n_tokens: int) -> int:
-    """Centroids for ``n_tokens`` token vectors: the power of two nearest ``4 * sqrt(n_tokens)`` (4,096 for
-    SciFact's 1.23M tokens; PLAID uses about ``16 * sqrt``), at most ``n_tokens / 8`` (k-means needs several
-    points per centroid), at least 1."""
+def default_nlist(n_tokens: int, per_sqrt_token: float = CENTROIDS_PER_SQRT_TOKEN) -> int:
+    """Centroids for ``n_tokens`` token vectors: the power of two nearest ``per_sqrt_token * sqrt(n_tokens)``
+    (4 by default: 4,096 for SciFact's 1.23M tokens; PLAID uses about ``16 * sqrt``), at most ``n_tokens / 8``
+    (k-means needs several points per centroid), at least 1. ``eval/bench_late.py`` compares factors."""
     if n_tokens <= 0:
         return 1
-    target = 2 ** int(round(np.log2(max(CENTROIDS_PER_SQRT_TOKEN * np.sqrt(n_tokens), 1.0))))
+    target = 2 ** int(round(np.log2(max(per_sqrt_token * np.sqrt(n_tokens), 1.0))))
     return int(max(1, min(target, n_tokens // 8)))
 
 

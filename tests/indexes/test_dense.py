@@ -236,7 +236,7 @@ def test_config_round_trip() -> None:
         "type": "dense",
         "params": {
             "model": "minilm", "kind": "flat", "batch_size": 16, "include_title": False, "name": "dense-notitle",
-            "ef_search": 128, "nprobe": 32, "nlist": 0, "pq_m": 96, "mmap": False,
+            "ef_search": 128, "nprobe": 64, "nlist": 0, "pq_m": 192, "mmap": False,
             "dtype": "float32",
         },
     }
@@ -315,9 +315,9 @@ def test_ivfpq_trains_on_its_first_add_and_round_trips(
     assert title_chunks[0].id not in {h.chunk.id for hits in index.search(queries, k=20) for h in hits}
     index.save(tmp_path / "ivfpq")
     manifest = json.loads((tmp_path / "ivfpq" / "manifest.json").read_text())
-    assert manifest["faiss_factory"] == "IVF7,PQ96x8" and manifest["count"] == 299
+    assert manifest["faiss_factory"] == "IVF7,PQ192x8" and manifest["count"] == 299
     reloaded = DenseIndex.open(tmp_path / "ivfpq")
-    assert reloaded._faiss.code_size == 96  # bytes per vector, against 1,536 for float32
+    assert reloaded._faiss.code_size == 192  # bytes per vector, against 1,536 for float32
     assert ranked(reloaded.search(queries, k=5)) == ranked(index.search(queries, k=5))
 
 
