@@ -155,6 +155,9 @@ def run_ours(lm: Any, prompt: list[int], drafter: Any, max_new_tokens: int, gene
     from rag.generation.speculative import SpecStats, speculative_decode
 
     stats = SpecStats()
+    # Every method starts from the same cache: the system prompt (when the generator reuses it), never the
+    # question, which an engine with one shared context (llama.cpp) still holds from the previous method.
+    lm.retain(generator.prefix_ids(lm) if generator.reuse_prefix else [])
     started = time.perf_counter()
     session = generator.session(lm)  # a copy of the cached system-prompt prefix (or a fresh session)
     if drafter is None:

@@ -42,3 +42,19 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def scifact_dir(data_dir: Path) -> Path:
     return data_dir / "scifact"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _engine_choices_in_a_session_folder(tmp_path_factory: pytest.TempPathFactory):
+    """``engine="auto"`` measures once per session into a temporary folder: the suite neither reads a choice
+    an earlier run (or older code) left in the user's cache nor leaves files for its temporary models there.
+    The model packs stay in the real cache."""
+    from rag.generation import calibrate
+    from rag.models import cache_dir
+
+    folder = tmp_path_factory.mktemp("engine-choices")
+    with pytest.MonkeyPatch.context() as patch:
+        original = calibrate._choice_file
+        patch.setattr(calibrate, "_choice_file",
+                      lambda model, facts: folder / original(model, facts).relative_to(cache_dir()))
+        yield

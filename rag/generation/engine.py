@@ -110,6 +110,11 @@ class Engine:
         used by rerankers and chunkers). Sequences are independent: nothing is cached between calls."""
         raise NotImplementedError
 
+    def retain(self, tokens: Sequence[int]) -> None:
+        """Keep cached state only for the longest common prefix with ``tokens``. Engines whose sessions share
+        one context (llama.cpp) reuse whatever it holds, so a benchmark calls this to give every method the
+        same start (the system prompt cached, the question not); engines with private sessions ignore it."""
+
     @property
     def vocab_size(self) -> int:
         return len(self.tokenizer)

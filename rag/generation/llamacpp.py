@@ -106,7 +106,6 @@ class LlamaCppEngine(Engine):
         # llama_cpp's functions still exist (__del__ then found them None and printed tracebacks).
         weakref.finalize(self, _free_llama, llama_cpp, self._batch, self._llama)
 
-
     def new_session(self) -> "LlamaCppSession":
         return LlamaCppSession(self)
 
@@ -121,6 +120,19 @@ class LlamaCppEngine(Engine):
                 rows.append(self.run(ids, [], last_only=True)[-1])
         return torch.from_numpy(self._np.stack(rows))
 
+    def retain(self, tokens: Sequence[int]) -> None:
+        with self._lock:
+            self._cut(common_prefix(self._held, list(tokens)))
+
+    def _cut(self, length: int) -> int:
+        """Drop the context's tokens from ``length`` on; the length it holds afterwards."""
+        if length < len(self._held):
+            if not self._ll.llama_memory_seq_rm(self._memory, 0, length, -1):
+                self._ll.llama_memory_clear(self._memory, True)  # a cache that cannot be cut is re-read
+                length = 0
+            del self._held[length:]
+        return length
+
     def run(self, history: Sequence[int], new: Sequence[int], last_only: bool) -> Any:
         """Bring the context to ``history`` and read ``new`` after it: numpy logits ``[n, vocab]`` at the new
         positions (or at the last position only). ``new`` may be empty: then ``history`` ends at the logits."""
@@ -128,12 +140,7 @@ class LlamaCppEngine(Engine):
         wanted = 1 if last_only or not new else len(new)
         with self._lock:
             # Positions whose logits are wanted are always run, even when the context already holds them.
-            common = min(common_prefix(self._held, tokens), len(tokens) - wanted)
-            if common < len(self._held):
-                if not self._ll.llama_memory_seq_rm(self._memory, 0, common, -1):
-                    self._ll.llama_memory_clear(self._memory, True)  # a cache that cannot be cut is re-read
-                    common = 0
-                del self._held[common:]
+            common = self._cut(min(common_prefix(self._held, tokens), len(tokens) - wanted))
             pending = tokens[common:]
             if len(tokens) > self.n_ctx:
                 raise EngineError(f"llama.cpp: {len(tokens)} tokens do not fit the context of {self.n_ctx} "

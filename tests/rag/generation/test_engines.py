@@ -132,6 +132,23 @@ def test_llama_cpp_reads_a_gguf_pack_assembled_from_parts():
     assert path.suffix == ".gguf" and path.is_file()
 
 
+def test_llama_cpp_retain_drops_what_a_question_left_in_the_shared_context():
+    """Sessions share one llama.cpp context, so a second session on the same prompt would read it for free;
+    retain() keeps only the prefix asked for (what the benchmark gives every method), and the logits after
+    it are those of a full read."""
+    lm = engine_or_skip("llama.cpp")
+    prompt = rag_prompts(lm)[0]
+    full = lm.new_session().prefill(prompt).float()
+    lm.retain(prompt[:10])
+    assert lm._held == prompt[:10]
+    session = lm.new_session()
+    again = session.prefill(prompt).float()
+    assert int(again.argmax()) == int(full.argmax())
+    assert torch.allclose(again, full, atol=1e-2 * float(full.abs().max()))
+    lm.retain([])
+    assert lm._held == []
+
+
 def test_llama_cpp_and_transformers_read_the_same_prompt_tokens():
     llama = engine_or_skip("llama.cpp")
     hf = load_engine("smollm2-135m", "transformers:float32")
