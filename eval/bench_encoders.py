@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
             vectors[dtype].append(encoders[dtype].encode_documents(block))
             seconds[dtype] += time.perf_counter() - started
     matrices = {dtype: np.concatenate(parts) for dtype, parts in vectors.items()}
-    cosines = (matrices["float32"] * matrices["bfloat16"]).sum(axis=1)
+    a, b = matrices["float32"], matrices["bfloat16"]
+    cosines = (a * b).sum(axis=1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
     query_ids = list(data.queries)
     results = {}
     for dtype, matrix in matrices.items():
