@@ -23,8 +23,12 @@ test: packs
 # The slow tier: SciFact end to end with a full dense index (claims such as "hybrid beats both of its
 # inputs", and every retrieval pin in eval/expected that is not quick). Run it before changing a README
 # figure it covers. The end-to-end RAG pins take hours on a CPU and stay with `specrag eval check`.
+# Then the fuzz tests with many more inputs per boundary, and the full fault-injection run (every index
+# kind, 20 killed saves each, both commit paths; eval/results/faults.md).
 test-slow: packs
 	$(BIN)/python -m pytest -m slow
+	SPECRAG_FUZZ_EXAMPLES=1000 $(BIN)/python -m pytest -s tests/rag/test_fuzz_inputs.py
+	$(BIN)/python -m eval.faults --trials 20 --fallback
 
 bench: packs
 	$(BIN)/python -m eval.bench_indexing

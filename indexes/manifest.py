@@ -27,7 +27,7 @@ from typing import Any, Iterable, Mapping
 
 from rag import __version__
 from rag.errors import FormatVersionError, InputError
-from rag.io import atomic_write_json, sha256_file
+from rag.io import atomic_write_json, recover_directory, sha256_file
 from rag.registry import Component
 
 MANIFEST = "manifest.json"
@@ -70,6 +70,7 @@ def write_manifest(
 def read_manifest(directory: str | Path, *, kind: str, format_version: int) -> dict[str, Any]:
     """The manifest of a saved ``kind`` index, after checking that it is one, in ``format_version``."""
     directory = Path(directory)
+    recover_directory(directory)  # a save killed mid-commit: put the old version back, clear its leftovers
     path = directory / MANIFEST
     if not directory.is_dir():
         raise InputError(f"{directory}: no such directory (expected a saved {kind} index)")

@@ -16,6 +16,17 @@ class UnknownComponentError(SpecragError, KeyError):
         return str(self.args[0])
 
 
+class SaveError(SpecragError, OSError):
+    """A save that failed (disk full, permissions, I/O); the version that was at the path is unchanged."""
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+    def __str__(self) -> str:  # OSError would print "[Errno ...]" around a one-argument message
+        return str(self.args[0])
+
+
 class FormatVersionError(SpecragError):
     """An on-disk artefact written by another format version."""
 

@@ -102,7 +102,10 @@ class Pipeline:
     @classmethod
     def load(cls, directory: str | Path) -> "Pipeline":
         """A pipeline saved by :meth:`save`, with its index loaded."""
+        from rag.io import recover_directory
+
         directory = Path(directory)
+        recover_directory(directory)  # a save killed mid-commit: put the old version back, clear its leftovers
         if not directory.is_dir():
             what = "not a directory" if directory.exists() else "no such directory"
             raise InputError(f"{directory}: {what}; expected a pipeline directory written by `specrag index`")

@@ -247,25 +247,15 @@ def _bar(progress: bool, total: int, desc: str) -> Any:
 
 @contextlib.contextmanager
 def _pack_lock(spec: PackSpec, say: Say) -> Iterator[None]:
-    """One fetcher per pack at a time, across processes (tests and demos may start together)."""
-    folder = cache_dir() / "packs"
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no cross-process lock, the atomic renames still keep the cache sound
-        yield
-        return
-    # Read-only is enough for flock, and works on a lock file another user created.
-    handle = os.open(folder / f".{spec.name}.lock", os.O_RDONLY | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            say(f"{spec.name}: another process is fetching this pack; waiting for it")
-            fcntl.flock(handle, fcntl.LOCK_EX)
+    """One fetcher per pack at a time, across processes (tests and demos may start together).
+
+    It is the pack directory's writer lock, so the save of the pack inside the fetch enters it again.
+    """
+    from rag.io import writer_lock
+
+    with writer_lock(pack_dir(spec), notify=lambda _: say(f"{spec.name}: another process is fetching this pack; "
+                                                               f"waiting for it")):
         yield  # the lock goes with the descriptor, also when the process is killed
-    finally:
-        os.close(handle)
 
 
 def _remove_leftovers(spec: PackSpec) -> None:

@@ -1,0 +1,26 @@
+"""The fault-injection harness, quick subset: writers SIGKILLed mid-save leave the old or the new version.
+
+The full run (every index kind, 20 trials each, both commit paths) is `python -m eval.faults --fallback`;
+its table is in eval/results/faults.md.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from eval.faults import DEFAULT_DATA, SPECS, load_chunks, run_kind
+
+pytestmark = pytest.mark.skipif(not (DEFAULT_DATA / "corpus.jsonl").is_file(), reason="needs ../shared/data/scifact")
+
+
+@pytest.mark.parametrize("fallback", [False, True], ids=["exchange", "two-renames"])
+def test_killed_bm25s_saves_leave_the_old_or_the_new_version(tmp_path: Path, fallback: bool) -> None:
+    chunks = load_chunks(DEFAULT_DATA, 50)
+    row = run_kind("bm25s", SPECS["bm25s"], chunks[:40], chunks[40:], 6, tmp_path, random.Random(1), 1, fallback)
+    assert row["torn"] == 0, row
+    assert row["old"] + row["new"] == 6
+    assert row["killed_in_commit"] >= 3  # the even trials aim inside the commit step
+    assert row["leftovers_found"] == row["leftovers_cleaned"]
