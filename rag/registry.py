@@ -6,6 +6,7 @@ when a component is built, so ``rag`` never imports ``indexes`` or ``chunkers`` 
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 from typing import Any, Mapping
@@ -144,7 +145,47 @@ def build(role: str, spec: "str | Mapping[str, Any] | Component") -> Any:
     wrong = sorted(set(params) - accepted)
     if wrong:
         raise InputError(f"{role} {spec['type']!r} does not take {wrong}; it takes {sorted(accepted)}")
-    return cls(**params)
+    check_param_types(cls, params, f"{role} {spec['type']!r}")
+    try:
+        return cls(**params)
+    except TypeError as exc:  # a value of a type the annotations let through but the constructor cannot use
+        raise InputError(f"{role} {spec['type']!r}: {exc}") from None
+
+
+def check_param_types(cls: type, params: Mapping[str, Any], owner: str) -> None:
+    """Refuse a param whose value does not fit the constructor's annotation, naming the param and the value.
+
+    Configs come from YAML and JSON files, where ``k: five`` or ``model: [a, b]`` would otherwise fail deep
+    inside a constructor or, worse, much later. The check is pydantic's lax mode (``"5"`` passes for an
+    ``int``, as a constructor would convert it) and the values are passed on unchanged.
+    """
+    from pydantic import ValidationError
+
+    for name, value in params.items():
+        adapter = _param_adapter(cls, name)
+        if adapter is None:
+            continue
+        try:
+            adapter.validate_python(value)
+        except ValidationError as exc:
+            reason = exc.errors()[0]["msg"] if exc.errors() else str(exc)
+            raise InputError(f"{owner}: param {name!r} = {value!r:.80}: {reason}") from None
+        except Exception:  # noqa: BLE001 - a hint pydantic cannot build a schema for: leave it to the class
+            continue
+
+
+@functools.lru_cache(maxsize=None)
+def _param_adapter(cls: type, name: str) -> Any:
+    """A pydantic ``TypeAdapter`` for one constructor param's annotation, or None where there is none."""
+    import typing
+
+    from pydantic import ConfigDict, TypeAdapter
+
+    try:
+        hint = typing.get_type_hints(cls.__init__).get(name)
+        return None if hint is None else TypeAdapter(hint, config=ConfigDict(arbitrary_types_allowed=True))
+    except Exception:  # noqa: BLE001 - an annotation that does not resolve or has no schema: leave it to the class
+        return None
 
 
 def _check_role(role: str) -> None:
