@@ -63,7 +63,8 @@ class SemanticChunker(SpanChunker):
     ``model`` embeds sentences (a pack name, local path or hub id; default the ``minilm`` pack);
     ``threshold_type`` is ``"percentile"``, ``"std"`` or ``"iqr"`` with ``threshold_amount`` (default 95,
     3 and 1.5). Sizes count tokens of ``tokenizer``; ``max_tokens`` is a hard limit, ``min_tokens`` holds
-    unless both neighbours of a short group are too large to take it.
+    unless both neighbours of a short group are too large to take it. ``dtype`` is the encoder's
+    (``float32`` or ``bfloat16``, see :class:`rag.encoders.SentenceEncoder`).
     """
 
     def __init__(
@@ -76,7 +77,11 @@ class SemanticChunker(SpanChunker):
         max_tokens: int = 200,
         tokenizer: str = "minilm",
         batch_size: int = 64,
+        dtype: str = "float32",
     ) -> None:
+        from rag.encoders import check_dtype
+
+        check_dtype(model, dtype)
         if threshold_type not in THRESHOLD_DEFAULTS:
             raise InputError(
                 f"semantic chunker: threshold_type must be one of {sorted(THRESHOLD_DEFAULTS)}, got {threshold_type!r}"
@@ -96,6 +101,7 @@ class SemanticChunker(SpanChunker):
         self.max_tokens = max_tokens
         self.tokenizer = tokenizer
         self.batch_size = batch_size
+        self.dtype = dtype
         self._encoder: Any = None
 
     @property
@@ -103,7 +109,7 @@ class SemanticChunker(SpanChunker):
         if self._encoder is None:
             from rag.encoders import SentenceEncoder
 
-            self._encoder = SentenceEncoder(self.model, batch_size=self.batch_size, show_progress=False)
+            self._encoder = SentenceEncoder(self.model, batch_size=self.batch_size, show_progress=False, dtype=self.dtype)
         return self._encoder
 
     def _spans_many(self, texts: list[str], starts: list[list[int]]) -> list[list[Span]]:

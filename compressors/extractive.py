@@ -64,8 +64,12 @@ class ExtractiveCompressor(BaseCompressor):
         max_sentence_tokens: int = 64,
         tokenizer: str = DEFAULT_TOKENIZER,
         lexical_weight: float = 1.0,
+        dtype: str = "float32",
     ) -> None:
+        from rag.encoders import check_dtype
+
         check_budget_params("extractive", rate, target_tokens)
+        check_dtype(model, dtype)
         if scorer not in SCORERS:
             raise InputError(f"extractive compressor: unknown scorer {scorer!r}; known: {', '.join(SCORERS)}")
         if scorer == "reranker" and reranker is None:
@@ -87,6 +91,7 @@ class ExtractiveCompressor(BaseCompressor):
         self.max_sentence_tokens = max_sentence_tokens
         self.tokenizer = tokenizer
         self.lexical_weight = lexical_weight
+        self.dtype = dtype
 
     def sentences(self, pieces: Sequence[Piece], counter: TokenCounter) -> tuple[list[tuple[int, int, int]], list[int]]:
         """``(piece, start, end)`` of every sentence in the pieces' spans, and its length in tokens."""
@@ -124,7 +129,7 @@ class ExtractiveCompressor(BaseCompressor):
         if self.scorer == "dense":
             from rag.encoders import SentenceEncoder
 
-            encoder = SentenceEncoder(self.model)
+            encoder = SentenceEncoder(self.model, dtype=self.dtype)
             q = encoder.encode_queries([query])[0]
             return [float(x) for x in encoder.encode_documents(texts) @ q]
         if self.scorer == "cross-encoder":

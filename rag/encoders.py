@@ -37,6 +37,12 @@ def resolve_model_path(model: str) -> str:
 DTYPES = ("float32", "bfloat16")
 
 
+def check_dtype(model: str, dtype: str) -> None:
+    """Refuse an encoder dtype other than :data:`DTYPES`, naming the model it was asked for."""
+    if dtype not in DTYPES:
+        raise InputError(f"encoder {model!r}: dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+
+
 def load_sentence_transformer(model: str, max_seq_length: int | None = None, dtype: str = "float32") -> Any:
     """The ``SentenceTransformer`` for ``model``, loaded on first request and shared afterwards.
 
@@ -45,8 +51,7 @@ def load_sentence_transformer(model: str, max_seq_length: int | None = None, dty
     runs the network in bfloat16 (several times faster on CPUs with AVX512-BF16 or AMX, slower on others);
     embeddings are always returned as float32.
     """
-    if dtype not in DTYPES:
-        raise InputError(f"encoder {model!r}: dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    check_dtype(model, dtype)
     path = resolve_model_path(model)
     # Key by the real path so "./m", "m" and a pack name resolving to the same folder share one model.
     key = ("sentence-transformer", str(Path(path).resolve()) if Path(path).exists() else path, max_seq_length, dtype)
@@ -85,8 +90,7 @@ class SentenceEncoder:
     ) -> None:
         if batch_size < 1:
             raise InputError(f"encoder {model!r}: batch_size must be at least 1, got {batch_size}")
-        if dtype not in DTYPES:
-            raise InputError(f"encoder {model!r}: dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        check_dtype(model, dtype)
         self.model = model
         self.batch_size = batch_size
         self.normalize = normalize

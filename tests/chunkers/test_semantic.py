@@ -90,3 +90,14 @@ def test_constructor_is_cheap_validates_and_round_trips():
         SemanticChunker(min_tokens=300, max_tokens=200)
     with pytest.raises(InputError, match="percentile threshold_amount"):
         SemanticChunker(threshold_amount=120)
+
+
+def test_bfloat16_encoder_is_an_option_that_round_trips_and_still_finds_the_topic_change():
+    chunker = build("chunker", {"type": "semantic", "params": {"dtype": "bfloat16", "threshold_amount": 90,
+                                                                "min_tokens": 8}})
+    assert chunker.encoder.dtype == "bfloat16"
+    assert build("chunker", chunker.to_config()) == chunker
+    chunks = chunker.chunk(Document(text=f"{RAINFOREST} {PYTHON}", id="d"))
+    assert [c.text for c in chunks] == [RAINFOREST, PYTHON]
+    with pytest.raises(InputError, match="dtype must be one of float32, bfloat16"):
+        SemanticChunker(dtype="float16")

@@ -62,6 +62,17 @@ def test_extractive_score_is_dense_plus_weighted_lexical_share():
         ExtractiveCompressor(lexical_weight=-1.0)
 
 
+def test_extractive_scores_with_a_bfloat16_encoder_close_to_float32s():
+    texts = ["The Denver Broncos defeated the Carolina Panthers.", "Plants store energy in glucose."]
+    full = ExtractiveCompressor(lexical_weight=0.0).score(QUESTION, texts)
+    compressor = build("compressor", {"type": "extractive", "params": {"lexical_weight": 0.0, "dtype": "bfloat16"}})
+    assert build("compressor", compressor.to_config()) == compressor
+    half = compressor.score(QUESTION, texts)
+    assert half == pytest.approx(full, abs=0.02) and half[0] > half[1]
+    with pytest.raises(InputError, match="dtype must be one of float32, bfloat16"):
+        ExtractiveCompressor(dtype="int8")
+
+
 @few
 @given(chunks=st.lists(words_text, max_size=3), rate=st.floats(0.0, 1.0))
 def test_dense_extractive_budget_holds_for_any_input(chunks, rate):
