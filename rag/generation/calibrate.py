@@ -29,7 +29,9 @@ from typing import Any
 
 from rag.errors import InputError, SpecragError
 
-FORMAT_VERSION = 1
+# 2: choices record the machine's load while measuring; version-1 files were written by an engine layer that
+# skipped llama.cpp for GGUF packs split over several files (the Qwen packs), so they are measured again.
+FORMAT_VERSION = 2
 PROMPT_TOKENS = 800  # a typical RAG prompt: five passages and a question
 ANSWER_TOKENS = 40  # a typical grounded answer
 WIDTHS = (1, 2, 4, 8, 16, 32)
@@ -74,6 +76,7 @@ class EngineChoice:
     skipped: dict[str, str] = field(default_factory=dict)  # engine -> why it was not measured
     machine: dict[str, Any] = field(default_factory=dict)
     measured_at: str = ""
+    load_average: float | None = None  # 1-minute load just before measuring; other work skews the choice
 
     def engine_for(self, workload: str = "answer") -> str:
         """The engine for ``answer`` (the choice) or ``prompt`` (the fastest prompt reader) workloads."""
@@ -208,6 +211,7 @@ def choose_engine(model: str, *, refresh: bool = False, candidates: tuple[str, .
                 _MEMO[(model, str(path))] = choice
                 return choice
         _say(f"measuring the engines for {model} on this machine (once; cached in {path.parent})")
+        load = _load_average()  # before measuring: our own work is not the machine being busy
         measures, skipped = [], {}
         for name in candidates:
             try:
@@ -230,8 +234,12 @@ def choose_engine(model: str, *, refresh: bool = False, candidates: tuple[str, .
         reason = (f"{best.engine}: estimated {best.answer_seconds():.2f} s for a {prompt_tokens}-token prompt and "
                   f"{ANSWER_TOKENS} new tokens" + (f" (against {others})" if others else "")
                   + f", measured at {facts.get('threads')} threads")
+        cores = os.cpu_count() or 1
+        if load is not None and load > cores:
+            reason += (f"; the machine was busy (load {load:.1f} on {cores} cores), so the choice may be off: "
+                       f"delete {path} to measure again")
         choice = EngineChoice(model=model, engine=best.engine, reason=reason, measures=measures, skipped=skipped,
-                              machine=facts, measured_at=time.strftime("%Y-%m-%d %H:%M:%S"))
+                              machine=facts, measured_at=time.strftime("%Y-%m-%d %H:%M:%S"), load_average=load)
         atomic_write_json(path, {"format_version": FORMAT_VERSION, **asdict(choice)})
         for m in measures:  # keep only the chosen engine's weights in memory
             if m.engine != best.engine:
@@ -239,6 +247,13 @@ def choose_engine(model: str, *, refresh: bool = False, candidates: tuple[str, .
         _say(f"engine for {model}: {reason}")
         _MEMO[(model, str(path))] = choice
         return choice
+
+
+def _load_average() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):  # not on every platform
+        return None
 
 
 def _forget_engine(model: str, engine: str, forget: Any) -> None:

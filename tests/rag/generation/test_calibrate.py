@@ -46,6 +46,21 @@ def test_a_corrupt_cache_file_is_measured_again(cache):
     assert choice.measures and json.loads(path.read_text())["engine"] == "transformers:float32"
 
 
+
+def test_a_choice_measured_on_a_busy_machine_says_so_and_an_older_format_is_measured_again(cache, monkeypatch):
+    import os
+
+    tmp_path = cache
+    path = tmp_path / "engines" / machine_key(machine_facts()) / "smollm2-135m.json"
+    path.parent.mkdir(parents=True)
+    # a version-1 file (written when llama.cpp could not read split GGUF packs) is not trusted
+    path.write_text(json.dumps({"format_version": 1, "model": "smollm2-135m", "engine": "llama.cpp", "reason": "",
+                                "measures": []}))
+    monkeypatch.setattr(calibrate, "_load_average", lambda: 3.0 * (os.cpu_count() or 1))
+    choice = choose_engine("smollm2-135m", candidates=("transformers:float32",), prompt_tokens=64)
+    assert choice.engine == "transformers:float32" and choice.load_average == 3.0 * (os.cpu_count() or 1)
+    assert "the machine was busy" in choice.reason and str(path) in choice.reason
+
 def test_the_choice_minimises_the_estimated_answer_time():
     slow_reader = EngineMeasure("a", prompt_tokens_per_second=100, decode_seconds=0.04, width_costs={1: 1.0, 8: 3.0})
     fast_reader = EngineMeasure("b", prompt_tokens_per_second=600, decode_seconds=0.09, width_costs={1: 1.0, 8: 1.3})
