@@ -150,14 +150,16 @@ def run_kind(kind: str, spec: dict[str, Any], old_chunks: list[Any], new_chunks:
     new_ids, new_count = top_ids(index), len(index)
     added = base / "added.jsonl"
     added.write_text("".join(json.dumps(c.to_dict()) + "\n" for c in new_chunks))
+    errors = base / "writer-stderr.log"
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), SPECRAG_THREADS=str(threads))
 
     def start(target: Path, phase_file: Path) -> subprocess.Popen:
         code = ("import json; from pathlib import Path; from eval.faults import child; "
                 f"child(json.loads({json.dumps(spec)!r}), Path({str(target)!r}), Path({str(added)!r}), "
                 f"Path({str(phase_file)!r}), {COMMIT_DELAY_S}, {fallback})")
-        return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                text=True, env=env, start_new_session=True)
+        with errors.open("ab") as sink:  # the child's own messages, for a writer that fails by itself
+            return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=sink,
+                                    text=True, env=env, start_new_session=True)
 
     # One unkilled run: how long the add and save take after "loaded" (the window for random kills).
     target, phase_file = base / "index", base / "phase"
@@ -172,8 +174,8 @@ def run_kind(kind: str, spec: dict[str, Any], old_chunks: list[Any], new_chunks:
         raise RuntimeError(f"{kind}: the unkilled writer child failed (exit {proc.returncode})")
     window = time.monotonic() - began
     counts = {"kind": kind + (" (fallback)" if fallback else ""), "trials": trials, "old": 0, "new": 0, "torn": 0,
-              "killed_in_commit": 0, "finished_before_kill": 0, "leftovers_found": 0, "leftovers_cleaned": 0, "window_s": round(window, 2),
-              "phases": {}}
+              "killed_in_commit": 0, "child_failed": 0, "finished_before_kill": 0, "leftovers_found": 0,
+              "leftovers_cleaned": 0, "window_s": round(window, 2), "phases": {}}
     for trial in range(trials):
         shutil.rmtree(target, ignore_errors=True)
         for name in leftovers(target):
@@ -195,8 +197,14 @@ def run_kind(kind: str, spec: dict[str, Any], old_chunks: list[Any], new_chunks:
         else:
             time.sleep(rng.uniform(0, window))
         finished = proc.poll() is not None
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:  # it had already exited (and its group with it)
+            pass
+        if proc.wait() not in (0, -signal.SIGKILL):
+            counts["child_failed"] += 1
+            print(f"{kind} trial {trial}: the writer failed by itself (exit {proc.returncode}; see {errors})",
+                  file=sys.stderr)
         last_phase = phase_file.read_text().strip()
         counts["phases"][last_phase] = counts["phases"].get(last_phase, 0) + 1
         counts["finished_before_kill"] += finished and last_phase == "done"
@@ -257,14 +265,16 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
-    columns = ["kind", "trials", "old", "new", "torn", "killed_in_commit", "finished_before_kill",
+    columns = ["kind", "trials", "old", "new", "torn", "killed_in_commit", "child_failed", "finished_before_kill",
                "leftovers_found", "leftovers_cleaned", "window_s"]
     print(" | ".join(columns))
     for row in rows:
         print(" | ".join(str(row[c]) for c in columns))
     torn = sum(r["torn"] for r in rows)
-    print(json.dumps({"seed": args.seed, "trials_per_kind": args.trials, "rows": rows, "torn": torn}))
-    return 1 if torn else 0
+    failed = sum(r["child_failed"] for r in rows)
+    print(json.dumps({"seed": args.seed, "trials_per_kind": args.trials, "rows": rows, "torn": torn,
+                      "child_failed": failed}))
+    return 1 if torn or failed else 0
 
 
 if __name__ == "__main__":

@@ -116,7 +116,14 @@ def _leftovers(target: Path, tag: str) -> list[Path]:
     prefix = f".{target.name}.{tag}-"
     if not target.parent.is_dir():
         return []
-    return sorted((p for p in target.parent.iterdir() if p.name.startswith(prefix)), key=lambda p: p.stat().st_mtime)
+
+    def age(path: Path) -> float:
+        try:
+            return path.stat().st_mtime
+        except FileNotFoundError:  # removed by a writer since the listing (a reader looks without the lock)
+            return 0.0
+
+    return sorted((p for p in target.parent.iterdir() if p.name.startswith(prefix)), key=age)
 
 
 def _sync_directory(path: Path) -> None:

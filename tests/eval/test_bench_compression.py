@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import time
 
-from eval.bench_compression import DEFAULT_DATA, build_hits, main, time_compressors
+from eval.bench_compression import build_hits, main, time_compressors
 
 
-def test_build_hits_stops_once_the_token_count_is_reached():
+def test_build_hits_stops_once_the_token_count_is_reached(data_dir):
     from compressors.base import DEFAULT_TOKENIZER, TokenCounter
 
-    hits = build_hits(DEFAULT_DATA, 300)
+    hits = build_hits(data_dir / "squad-v1.1-dev", 300)
     counts = TokenCounter(DEFAULT_TOKENIZER).count([h.chunk.text for h in hits])
     assert sum(counts) >= 300 > sum(counts[:-1])
 
 
-def test_bench_prints_a_row_per_compressor_and_the_fp32_floor(capsys):
-    assert main(["--tokens", "120", "--threads", "1", "--compressors", "surprisal,extractive"]) == 0
+def test_bench_prints_a_row_per_compressor_and_the_fp32_floor(data_dir, capsys):
+    assert main(["--data", str(data_dir / "squad-v1.1-dev"), "--tokens", "120", "--threads", "1",
+                 "--compressors", "surprisal,extractive"]) == 0
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| surprisal |") or line.startswith("| extractive |")]
     assert len(rows) == 2 and "| 1.00 |" in rows[0]

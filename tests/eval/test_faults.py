@@ -11,14 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from eval.faults import DEFAULT_DATA, SPECS, load_chunks, run_kind
-
-pytestmark = pytest.mark.skipif(not (DEFAULT_DATA / "corpus.jsonl").is_file(), reason="needs ../shared/data/scifact")
+from eval.faults import SPECS, load_chunks, run_kind
 
 
 @pytest.mark.parametrize("fallback", [False, True], ids=["exchange", "two-renames"])
-def test_killed_bm25s_saves_leave_the_old_or_the_new_version(tmp_path: Path, fallback: bool) -> None:
-    chunks = load_chunks(DEFAULT_DATA, 50)
+def test_killed_bm25s_saves_leave_the_old_or_the_new_version(scifact_dir: Path, tmp_path: Path,
+                                                             fallback: bool) -> None:
+    chunks = load_chunks(scifact_dir, 50)
     row = run_kind("bm25s", SPECS["bm25s"], chunks[:40], chunks[40:], 6, tmp_path, random.Random(1), 1, fallback)
     assert row["torn"] == 0, row
     assert row["old"] + row["new"] == 6
