@@ -157,7 +157,8 @@ def check_param_types(cls: type, params: Mapping[str, Any], owner: str) -> None:
 
     Configs come from YAML and JSON files, where ``k: five`` or ``model: [a, b]`` would otherwise fail deep
     inside a constructor or, worse, much later. The check is pydantic's lax mode (``"5"`` passes for an
-    ``int``, as a constructor would convert it) and the values are passed on unchanged.
+    ``int``) and the values are passed on unchanged; a value that passes but that the constructor still
+    cannot use ends in its ``TypeError``, which :func:`build` turns into an InputError naming the component.
     """
     from pydantic import ValidationError
 
