@@ -283,7 +283,7 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
         try:
             yield staging
             _sync_tree(staging)
-            _commit(staging, target)
+            swapped_out = _commit(staging, target)
         except OSError as exc:  # disk full, permissions, I/O: the old version is still there, say so
             shutil.rmtree(staging, ignore_errors=True)
             where = f"{os.fsdecode(exc.filename)}: " if exc.filename is not None else ""
@@ -292,14 +292,19 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-
-
-def _commit(staging: Path, target: Path) -> None:
-    """Make the complete, synced ``staging`` directory ``target`` (see the comment above atomic_directory)."""
-    if target.exists() and _exchange(staging, target):
+        # Committed: an error from here on is not "unchanged", so it is not reported as a failed save.
         _sync_directory(target.parent)
-        shutil.rmtree(staging, ignore_errors=True)  # it holds the old version now
-        return
+        if swapped_out is not None:
+            shutil.rmtree(swapped_out, ignore_errors=True)
+
+
+def _commit(staging: Path, target: Path) -> Path | None:
+    """Make the complete, synced ``staging`` directory ``target``; returns where the old version now is.
+
+    See the comment above :func:`atomic_directory`. If this raises, ``target`` holds the old version.
+    """
+    if target.exists() and _exchange(staging, target):
+        return staging  # the exchange left the old version in the staging folder
     old = None
     if target.exists():
         old = target.parent / f".{target.name}.old-{os.getpid()}"
@@ -310,9 +315,7 @@ def _commit(staging: Path, target: Path) -> None:
         if old is not None:
             os.replace(old, target)  # put the old version back before reporting
         raise
-    _sync_directory(target.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    return old
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
