@@ -24,7 +24,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from indexes.manifest import SavedIndex, read_manifest, verify_files, write_manifest
-from rag.encoders import SentenceEncoder
+from rag.encoders import SentenceEncoder, check_dtype
 from rag.errors import InputError
 from rag.io import atomic_directory, read_jsonl
 from rag.lazy import require
@@ -136,6 +136,7 @@ class DenseIndex(SavedIndex):
                 raise InputError(f"dense index {name!r}: {label} must be at least 1, got {value}")
         if nlist < 0:
             raise InputError(f"dense index {name!r}: nlist must be 0 (choose from the data) or positive, got {nlist}")
+        check_dtype(model, dtype)  # at construction, like the other encoder users, not at the first add
         self.model = model
         self.kind = kind
         self.batch_size = batch_size

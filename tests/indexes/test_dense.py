@@ -229,6 +229,11 @@ def test_unknown_kind_lists_the_supported_kinds() -> None:
         build("index", {"type": "dense", "params": {"kind": "nope"}})
 
 
+def test_an_unknown_encoder_dtype_is_refused_at_construction() -> None:
+    with pytest.raises(InputError, match="dtype must be one of float32, bfloat16, got 'float16'"):
+        DenseIndex(dtype="float16")
+
+
 def test_config_round_trip() -> None:
     idx = DenseIndex(model="minilm", kind="flat", batch_size=16, include_title=False, name="dense-notitle")
     config = idx.to_config()
