@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from rag import __version__
-from rag.errors import FormatVersionError, InputError
+from rag.errors import FormatVersionError, InputError, SpecragError
 from rag.io import atomic_write_json, recover_directory, sha256_file
-from rag.registry import Component
+from rag.registry import Component, build, name_of
 
 MANIFEST = "manifest.json"
 RESERVED = frozenset({"format_version", "kind", "component", "count", "files", "created_at", "specrag_version"})
@@ -98,12 +98,17 @@ def read_manifest(directory: str | Path, *, kind: str, format_version: int) -> d
 def verify_files(directory: str | Path, manifest: Mapping[str, Any]) -> None:
     """Check that every file the manifest lists exists with its recorded size and sha256."""
     directory = Path(directory)
-    for name, expected in manifest["files"].items():
-        path = directory / name
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        raise InputError(f"{directory / MANIFEST}: 'files' must be a mapping of file name to {{sha256, bytes}}")
+    for name, expected in files.items():
+        path = _inside(directory, name)
+        if not isinstance(expected, dict) or not isinstance(expected.get("sha256"), str):
+            raise InputError(f"{directory / MANIFEST}: the entry of file {name!r} must be {{sha256, bytes}}, got {expected!r:.80}")
         if not path.is_file():
             raise InputError(f"{path}: missing; the manifest of {directory} lists it")
         size = path.stat().st_size
-        if "bytes" in expected and size != expected["bytes"]:
+        if expected.get("bytes") is not None and size != expected["bytes"]:
             raise ChecksumError(
                 f"{path}: {size} bytes, but the manifest records {expected['bytes']}; "
                 "the file is damaged or was replaced"
@@ -114,6 +119,17 @@ def verify_files(directory: str | Path, manifest: Mapping[str, Any]) -> None:
                 f"{path}: sha256 {digest} does not match the manifest's {expected['sha256']}; "
                 "the file is damaged or was replaced"
             )
+
+
+def _inside(directory: Path, name: str) -> Path:
+    """``directory / name``, refused when the name would lead outside the directory (``..``, absolute)."""
+    if not isinstance(name, str) or "\x00" in name or Path(name).is_absolute() or ".." in Path(name).parts \
+            or Path(name) in (Path("."), Path(MANIFEST)):
+        raise InputError(
+            f"{directory / MANIFEST}: lists file {name!r}, which is not a data file inside {directory} "
+            "(no '..', no absolute path, not the manifest itself); the manifest was edited or damaged"
+        )
+    return directory / name
 
 
 def _describe(path: Path) -> dict[str, Any]:
@@ -137,6 +153,16 @@ class SavedIndex(Component):
     def open(cls, directory: str | Path) -> "SavedIndex":
         """An index configured as recorded in ``directory``'s manifest, with its contents loaded."""
         manifest = read_manifest(directory, kind=cls.manifest_kind, format_version=cls.manifest_version)
-        index = cls(**dict(manifest.get("component", {}).get("params", {})))
+        component = manifest.get("component")
+        params = component.get("params", {}) if isinstance(component, dict) else None
+        if not isinstance(params, dict):  # defaults in its place would search differently from the saved index
+            raise InputError(
+                f"{Path(directory) / MANIFEST}: 'component' must be a mapping {{type, params}} (the config the index "
+                f"was saved with), got {component!r:.80}; build the index as it was saved and call its load() instead"
+            )
+        try:  # through the registry, so that an edited param is refused by name like one in a config file
+            index = build("index", {"type": name_of("index", cls), "params": params})
+        except SpecragError as exc:
+            raise InputError(f"{Path(directory) / MANIFEST}: {exc}") from None
         index.load(directory)
         return index

@@ -55,7 +55,7 @@ from indexes.bm25 import (
     read_chunks,
     write_chunks,
 )
-from indexes.manifest import SavedIndex, read_manifest, verify_files, write_manifest
+from indexes.manifest import MANIFEST, SavedIndex, read_manifest, verify_files, write_manifest
 from rag.encoders import PROGRESS_THRESHOLD
 from rag.errors import InputError
 from rag.io import atomic_directory
@@ -391,7 +391,13 @@ class SpladeIndex(SavedIndex):
                 )
         verify_files(directory, manifest)
         chunks = read_chunks(directory / CHUNKS)
-        documents = manifest.get("lucene_documents", 0)
+        documents = manifest.get("lucene_documents")
+        if not isinstance(documents, int) or isinstance(documents, bool):
+            raise InputError(f"{directory}/{MANIFEST}: 'lucene_documents' must be an integer, got {documents!r:.40}")
+        # The manifest's files are checksummed, so they say whether a Lucene directory was saved.
+        if documents and not any(name.startswith(f"{LUCENE}/") for name in manifest["files"]) or \
+                not documents and any(name.startswith(f"{LUCENE}/") for name in manifest["files"]):
+            raise InputError(f"{directory}/{MANIFEST}: records {documents} Lucene documents, but its files say otherwise")
         if manifest.get("count", len(chunks)) != len(chunks) or not 0 <= documents <= len(chunks):
             raise InputError(
                 f"{directory}: {CHUNKS} holds {len(chunks)} chunks, the manifest counts {manifest.get('count')} chunks "
