@@ -74,6 +74,7 @@ import numpy as np
 
 from indexes.bm25 import BM25Index, _check_new_ids, read_chunks, write_chunks
 from indexes.manifest import MANIFEST, SavedIndex, read_manifest, verify_files, write_manifest
+from rag.encoders import warn_long_queries
 from rag.errors import InputError
 from rag.io import atomic_directory
 from rag.lazy import require
@@ -260,7 +261,10 @@ class TokenEncoder:
             return out
         backend = self.backend
         colbert = isinstance(backend, _ColBERT)
-        tokenizer = backend.tokenizer if colbert else backend.tokenizer
+        tokenizer = backend.tokenizer
+        if query:  # a ColBERT query has a fixed length, one position of which is its marker
+            window = COLBERT_QUERY_LENGTH - 1 if colbert else self.max_length
+            warn_long_queries(tokenizer, texts, window, f"token encoder {self.model!r}")
         # Longest first, so that each batch pads to similar lengths and the bar's estimate is pessimistic.
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         from tqdm import tqdm

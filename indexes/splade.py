@@ -56,7 +56,7 @@ from indexes.bm25 import (
     write_chunks,
 )
 from indexes.manifest import MANIFEST, SavedIndex, read_manifest, verify_files, write_manifest
-from rag.encoders import PROGRESS_THRESHOLD
+from rag.encoders import PROGRESS_THRESHOLD, warn_long_queries
 from rag.errors import InputError
 from rag.io import atomic_directory
 from rag.lazy import require
@@ -177,6 +177,8 @@ class SpladeEncoder:
         if not texts:
             return sparse.csr_matrix((0, len(vocabulary)), dtype=np.float32)
         torch = require("torch", EXTRA)
+        if what == "queries":
+            warn_long_queries(tokenizer, texts, self.max_length, f"SPLADE encoder {self.model!r}")
         tokenized = tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
         order = sorted(range(len(texts)), key=lambda i: len(tokenized[i]))
         parts: list[Any] = []

@@ -9,12 +9,13 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from rag.errors import InputError
+from rag.errors import InputError, TruncatedInputWarning
 from rag.lazy import require
 from rag.protocols import text_batch
 from rag.shared import shared_model
@@ -22,6 +23,30 @@ from rag.shared import shared_model
 DEVICE = "cpu"
 # Below this many texts a progress bar is noise; above it, encoding takes seconds to minutes on a CPU.
 PROGRESS_THRESHOLD = 1000
+# UTF-8 has at most 4 bytes a character, so even a byte-level tokenizer makes at most 4 tokens of one.
+MAX_TOKENS_PER_CHARACTER = 4
+
+
+def warn_long_queries(tokenizer: Any, queries: Sequence[str], window: int, owner: str) -> None:
+    """Warn (:class:`TruncatedInputWarning`) when queries have more tokens than ``window``, special tokens included.
+
+    Every transformer encoder cuts its input at its window; the encoders here do so on purpose (a query of
+    100,000 characters is searched by its first ``window`` tokens, not refused by the model), and this
+    says so instead of hiding it. Only queries long enough to possibly exceed the window are tokenized.
+    """
+    long = [i for i, query in enumerate(queries) if len(query) * MAX_TOKENS_PER_CHARACTER + 2 > window]
+    if not long:
+        return
+    lengths = [len(ids) for ids in tokenizer([queries[i] for i in long], add_special_tokens=True)["input_ids"]]
+    over = [(i, n) for i, n in zip(long, lengths) if n > window]
+    if over:
+        number, longest = max(over, key=lambda pair: pair[1])
+        warnings.warn(
+            f"{owner}: {len(over)} of {len(queries)} queries are longer than the model's window of {window} tokens "
+            f"(the longest, query {number}, has {longest}); each is searched by its first {window} tokens",
+            TruncatedInputWarning,
+            stacklevel=3,
+        )
 
 
 
@@ -120,8 +145,15 @@ class SentenceEncoder:
         return self._encode(texts, self.backend.encode_document)
 
     def encode_queries(self, texts: str | Sequence[str]) -> np.ndarray:
-        """Embeddings of queries (the model's query prompt, if it has one), float32."""
-        return self._encode(texts, self.backend.encode_query)
+        """Embeddings of queries (the model's query prompt, if it has one), float32.
+
+        A query longer than the model's window is cut to its first tokens, with a :class:`TruncatedInputWarning`.
+        """
+        texts = text_batch(texts, f"encoder {self.model!r}", "text")
+        backend = self.backend
+        if backend.max_seq_length:
+            warn_long_queries(backend.tokenizer, texts, int(backend.max_seq_length), f"encoder {self.model!r}")
+        return self._encode(texts, backend.encode_query)
 
     def _encode(self, texts: str | Sequence[str], method: Any) -> np.ndarray:
         # One str is one text: sentence-transformers would return a 1-D vector for it, and list() would

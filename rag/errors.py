@@ -41,3 +41,7 @@ class HashMismatchError(PackError):
 
 class MissingExtraError(SpecragError, ImportError):
     """An optional dependency is not installed; the message gives the pip line."""
+
+
+class TruncatedInputWarning(UserWarning):
+    """Input longer than a model's window, cut to its first tokens (the message says which and by how much)."""
