@@ -31,7 +31,7 @@ class TokenChunker(SpanChunker):
         self.overlap_tokens = overlap_tokens
         self.tokenizer = tokenizer
 
-    def _spans_many(self, texts: list[str], starts: list[list[int]]) -> list[list[Span]]:
+    def _spans_many(self, texts: list[str], starts: list[Sequence[int]]) -> list[list[Span]]:
         return [self._spans(text, s) for text, s in zip(texts, starts)]
 
     def _spans(self, text: str, starts: Sequence[int]) -> list[Span]:
@@ -66,7 +66,7 @@ class SentenceChunker(SpanChunker):
         self.overlap_sentences = overlap_sentences
         self.tokenizer = tokenizer
 
-    def _spans_many(self, texts: list[str], starts: list[list[int]]) -> list[list[Span]]:
+    def _spans_many(self, texts: list[str], starts: list[Sequence[int]]) -> list[list[Span]]:
         return [self._spans(text, s) for text, s in zip(texts, starts)]
 
     def _spans(self, text: str, starts: Sequence[int]) -> list[Span]:

@@ -170,7 +170,7 @@ class PerplexityChunker(_LMChunker):
         np.divide(sums, counts, out=values, where=counts > 0)
         return _fill_gaps(values)
 
-    def _spans_many(self, texts: list[str], starts: list[list[int]]) -> list[list[Span]]:
+    def _spans_many(self, texts: list[str], starts: list[Sequence[int]]) -> list[list[Span]]:
         # Documents run one after another: each is one sequence of windows sharing a KV cache, and on a
         # CPU a batch of windows costs as much as the windows one by one (measured: 4 x 512 tokens took
         # 4.5 s batched against 4 x 1.05 s alone), so batching across documents would only add padding.
@@ -353,7 +353,7 @@ class MarginChunker(_LMChunker):
             )
         return pairs
 
-    def _spans_many(self, texts: list[str], starts: list[list[int]]) -> list[list[Span]]:
+    def _spans_many(self, texts: list[str], starts: list[Sequence[int]]) -> list[list[Span]]:
         units = [sentence_units(text, s, self.max_tokens) for text, s in zip(texts, starts)]
         pairs = [self._pairs(text, doc_units) for text, doc_units in zip(texts, units)]
         flat = [pair for doc_pairs in pairs for pair in doc_pairs]

@@ -7,7 +7,7 @@ is tokenised twice.
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from chunkers.text import (
     PARAGRAPH_BREAK,
@@ -63,11 +63,11 @@ class RecursiveChunker(BaseChunker):
         self.overlap_tokens = overlap_tokens
         self.tokenizer = tokenizer
 
-    def token_starts(self, text: str) -> list[int]:
+    def token_starts(self, text: str) -> Sequence[int]:
         """Character offsets where each token of ``text`` starts (special tokens excluded)."""
         return self._token_starts_many([text])[0]
 
-    def _token_starts_many(self, texts: list[str]) -> list[list[int]]:
+    def _token_starts_many(self, texts: list[str]) -> list[Sequence[int]]:
         return token_starts_many(self.tokenizer, texts)
 
     def chunk(self, doc: Document) -> list[Chunk]:
@@ -84,7 +84,7 @@ class RecursiveChunker(BaseChunker):
                 chunks.extend(self._chunk(doc, starts))
         return chunks
 
-    def _chunk(self, doc: Document, starts: list[int]) -> list[Chunk]:
+    def _chunk(self, doc: Document, starts: Sequence[int]) -> list[Chunk]:
         text = doc.text
         budget = self.max_tokens - self.overlap_tokens
         spans = merge_spans(split_span(text, 0, len(text), starts, budget), starts, budget)

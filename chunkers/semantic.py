@@ -13,7 +13,7 @@ and merges groups below ``min_tokens`` into a neighbour across the closer gap.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -112,7 +112,7 @@ class SemanticChunker(SpanChunker):
             self._encoder = SentenceEncoder(self.model, batch_size=self.batch_size, show_progress=False, dtype=self.dtype)
         return self._encoder
 
-    def _spans_many(self, texts: list[str], starts: list[list[int]]) -> list[list[Span]]:
+    def _spans_many(self, texts: list[str], starts: list[Sequence[int]]) -> list[list[Span]]:
         units = [sentence_units(text, s, self.max_tokens) for text, s in zip(texts, starts)]
         # One encode call for every sentence of the batch; documents of one sentence need no embedding.
         pieces = [text[a:b] for text, doc_units in zip(texts, units) if len(doc_units) > 1 for a, b in doc_units]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import re
+from array import array
 from typing import Iterable, Sequence
 
 from rag.errors import InputError
@@ -49,15 +50,60 @@ def count_tokens(starts: Sequence[int], a: int, b: int) -> int:
     return bisect.bisect_left(starts, b) - bisect.bisect_left(starts, a)
 
 
-def token_starts_many(tokenizer: str, texts: list[str]) -> list[list[int]]:
-    """For each text, the character offsets where its tokens start (special tokens excluded)."""
+# A text is tokenised in pieces of about this many characters. The fast tokenizer's result for one text
+# holds about 150 bytes a character in Python objects (ids, masks, offset tuples): a 50 MB document read
+# whole would take several GB. Pieces bound that to one piece, and the starts are kept in 4 bytes a token.
+PIECE_CHARACTERS = 100_000
+BATCH_CHARACTERS = 4 * PIECE_CHARACTERS
+# A piece ends where a run of whitespace begins (the run opens the next piece). No tokenizer here joins
+# characters across such a cut: WordPiece splits at whitespace, byte-level BPE attaches a space to the word
+# after it. A run of PIECE_CHARACTERS without whitespace is cut where it is (its tokens there may differ).
+PIECE_CUT = re.compile(r"(?<=\S)\s")
+
+
+def token_starts_many(tokenizer: str, texts: list[str]) -> list[array]:
+    """For each text, the character offsets where its tokens start (special tokens excluded), ascending."""
     from rag.tokenizers import load_tokenizer
 
     if not texts:
         return []
-    # One batched call: the Rust tokenizer is several times faster on a batch than text by text.
-    encodings = load_tokenizer(tokenizer)(texts, add_special_tokens=False, return_offsets_mapping=True)
-    return [[start for start, end in offsets if end > start] for offsets in encodings["offset_mapping"]]
+    # 4 bytes a start where the text allows it (under 4G characters), else 8
+    starts = [array("I" if len(text) < 1 << 32 else "q") for text in texts]
+    encode = load_tokenizer(tokenizer)
+
+    def flush(batch: list[tuple[int, int, int]]) -> None:
+        offsets = encode([texts[n][a:b] for n, a, b in batch], add_special_tokens=False,
+                         return_offsets_mapping=True, return_attention_mask=False, return_token_type_ids=False)
+        for (number, a, _), piece in zip(batch, offsets["offset_mapping"]):
+            starts[number].extend(a + start for start, end in piece if end > start)
+
+    # Batched calls (the Rust tokenizer is several times faster on a batch than text by text), each of at
+    # most TOKENIZE_BATCH pieces and about BATCH_CHARACTERS characters.
+    batch: list[tuple[int, int, int]] = []
+    size = 0
+    for number, text in enumerate(texts):
+        for a, b in _pieces(text):
+            if batch and (len(batch) == TOKENIZE_BATCH or size + b - a > BATCH_CHARACTERS):
+                flush(batch)
+                batch, size = [], 0
+            batch.append((number, a, b))
+            size += b - a
+    if batch:
+        flush(batch)
+    return starts
+
+
+def _pieces(text: str) -> list[Span]:
+    """``text`` cut into spans of about PIECE_CHARACTERS, each ending where a run of whitespace begins."""
+    spans: list[Span] = []
+    a = 0
+    while len(text) - a > PIECE_CHARACTERS:
+        cut = PIECE_CUT.search(text, a + PIECE_CHARACTERS)
+        b = cut.start() if cut is not None and cut.start() - a < 2 * PIECE_CHARACTERS else a + PIECE_CHARACTERS
+        spans.append((a, b))
+        a = b
+    spans.append((a, len(text)))
+    return spans
 
 
 def split_span(
@@ -261,7 +307,7 @@ class SpanChunker(BaseChunker):
     tokenizer: str = "minilm"
     max_tokens: int = 200
 
-    def token_starts(self, text: str) -> list[int]:
+    def token_starts(self, text: str) -> Sequence[int]:
         """Character offsets where each token of ``text`` starts (special tokens excluded)."""
         return token_starts_many(self.tokenizer, [text])[0]
 
@@ -278,7 +324,7 @@ class SpanChunker(BaseChunker):
                 chunks.extend(spans_to_chunks(doc, spans))
         return chunks
 
-    def _spans_many(self, texts: list[str], starts: list[list[int]]) -> list[list[Span]]:
+    def _spans_many(self, texts: list[str], starts: list[Sequence[int]]) -> list[list[Span]]:
         raise NotImplementedError
 
 
