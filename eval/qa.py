@@ -136,8 +136,8 @@ def token_f1(prediction: str, answers: Sequence[str]) -> float:
 
 
 def _f1(predicted: list[str], gold: list[str]) -> float:
-    if not predicted or not gold:
-        return float(predicted == gold)
+    # As SQuAD v1.1's and HotpotQA's official scripts: no common token (an empty side included) scores 0.
+    # (SQuAD v2.0 scores two empty answers 1 for its unanswerable questions; these sets have none.)
     common = sum((Counter(predicted) & Counter(gold)).values())
     if common == 0:
         return 0.0

@@ -274,6 +274,17 @@ def resolve_pipeline(config: "str | Path | Mapping[str, Any] | None") -> Any:
     return Pipeline.from_config(config)
 
 
+def set_answer_style(pipeline: Any, style: str) -> None:
+    """Give the pipeline's generator the answer style ``style``; refused for a generator without styles."""
+    from rag.generation.generator import ANSWER_STYLES
+
+    if style not in ANSWER_STYLES:
+        raise InputError(f"answer style must be one of {sorted(ANSWER_STYLES)}, got {style!r}")
+    if pipeline.generator is None or not hasattr(pipeline.generator, "answer_style"):
+        raise InputError(f"the pipeline's generator ({type(pipeline.generator).__name__}) has no answer styles")
+    pipeline.generator.answer_style = style
+
+
 def default_run_dir(data_dir: str | Path, config: Mapping[str, Any]) -> Path:
     """``.specrag/runs/<data set>-<config hash>``: the same command resumes the same run."""
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
@@ -340,13 +351,17 @@ def run_rag_eval(
     on_record: Callable[[dict[str, Any]], None] | None = None,
     progress: bool = True,
     plots: bool = True,
+    answer_style: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``pipeline`` on the QA folder ``data_dir``, writing (or resuming) ``run_dir``; returns the summary.
 
+    ``answer_style`` (``"short"`` or ``"cited"``) overrides the generator's, as part of the run's config.
     ``on_record`` is called with each new record after it is written (a test interrupts a run from it).
     """
     dataset = load_qa(data_dir, split=split, limit=limit)
     pipe = resolve_pipeline(pipeline)
+    if answer_style is not None:
+        set_answer_style(pipe, answer_style)
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(data_dir, pipe.to_config())
     log = (lambda m: print(m, file=sys.stderr, flush=True)) if progress else (lambda m: None)
     ingest_trace = _prepare(run_dir, pipe, dataset, data_dir, log)
@@ -444,6 +459,9 @@ def add_rag_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser
     parser.add_argument("--split", default="test", help="qrels split naming relevant passages (default: test)")
     parser.add_argument("--out", type=Path, metavar="RUNDIR", help=f"run directory (default: {DEFAULT_RUNS}/<data>-<config hash>)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument("--answer-style", choices=["short", "cited"],
+                        help="the generator's answer style: short (a phrase, no citations, what QA benchmarks score) "
+                             "or cited (a sentence or two citing passages); default: the pipeline's (cited)")
     parser.set_defaults(func=rag_command)
     return parser
 
@@ -452,7 +470,7 @@ def rag_command(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     try:
         summary = run_rag_eval(args.data, args.pipeline, args.out, limit=args.limit, split=args.split,
-                               plots=not args.no_plots)
+                               plots=not args.no_plots, answer_style=args.answer_style)
     except KeyboardInterrupt:
         print("\ninterrupted: the finished questions are saved; run the same command again to resume",
               file=sys.stderr)

@@ -15,6 +15,17 @@ DEFAULT_SYSTEM_PROMPT = (
     "class or fact that answers it, and cite the passages you used by number in square brackets, like [2]. "
     "If the passages do not contain the answer, say that you do not know."
 )
+# QA benchmarks score short answers (SQuAD EM/F1 compare against a span of a few words): ask for the span,
+# not a sentence, and stop at the first line.
+SHORT_SYSTEM_PROMPT = (
+    "Answer the question with the shortest phrase from the passages that answers it: a name, number, date "
+    "or a few words, not a sentence. If the passages do not contain the answer, say that you do not know."
+)
+# style -> (system prompt, stop strings, max new tokens); "cited" is for people, "short" for QA benchmarks.
+ANSWER_STYLES: dict[str, tuple[str, tuple[str, ...], int]] = {
+    "cited": (DEFAULT_SYSTEM_PROMPT, (), 256),
+    "short": (SHORT_SYSTEM_PROMPT, ("\n",), 32),
+}
 CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
 
 
@@ -47,6 +58,11 @@ class GroundedGenerator(Component):
     one. Decoding is greedy unless ``temperature`` > 0 (then seeded sampling). ``stop`` strings end the
     answer early.
 
+    ``answer_style`` is ``"cited"`` (the default: a sentence or two citing passages like ``[2]``, for people)
+    or ``"short"`` (the shortest phrase that answers, no citations: what QA benchmarks score). The style
+    supplies the system prompt, the stop strings and ``max_new_tokens`` (256 cited, 32 short, stopping at
+    the first line break) wherever those are left as ``None``; ``complete_citations`` applies to cited answers.
+
     Speculative decoding (:mod:`rag.generation.speculative`) is on by default when it is lossless, that is for greedy
     decoding, where its output is token-identical to plain decoding: ``speculative=None`` means "when
     greedy", ``True`` also speculates when sampling (distribution-preserving, not token-identical to
@@ -69,12 +85,13 @@ class GroundedGenerator(Component):
         self,
         model: str = "qwen2.5-0.5b",
         engine: str = "auto",
-        max_new_tokens: int = 256,
+        max_new_tokens: int | None = None,
         temperature: float = 0.0,
         seed: int = 0,
         stop: list[str] | None = None,
-        system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+        system_prompt: str | None = None,
         complete_citations: bool = True,
+        answer_style: str = "cited",
         speculative: bool | None = None,
         drafters: list[str] | None = None,
         draft_model: str | None = None,
@@ -83,7 +100,9 @@ class GroundedGenerator(Component):
         quantize: str | None = None,
         draft_quantize: str | None = None,
     ) -> None:
-        if max_new_tokens < 1:
+        if answer_style not in ANSWER_STYLES:
+            raise InputError(f"grounded generator: answer_style must be one of {sorted(ANSWER_STYLES)}, got {answer_style!r}")
+        if max_new_tokens is not None and max_new_tokens < 1:
             raise InputError(f"grounded generator: max_new_tokens must be at least 1, got {max_new_tokens}")
         if temperature < 0:
             raise InputError(f"grounded generator: temperature must be >= 0, got {temperature}")
@@ -97,9 +116,10 @@ class GroundedGenerator(Component):
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
         self.seed = seed
-        self.stop = list(stop or [])
+        self.stop = None if stop is None else list(stop)
         self.system_prompt = system_prompt
         self.complete_citations = complete_citations
+        self.answer_style = answer_style
         self.speculative = speculative
         self.drafters = list(drafters) if drafters is not None else ["sam", "ngram"]
         self.draft_model = draft_model
@@ -114,6 +134,21 @@ class GroundedGenerator(Component):
             build_drafter(names, draft_lm=object())  # check the names now, not at the first question
         self._prefix: tuple[list[int], object] | None = None  # cached system-prompt KV: (tokens, session)
         self._tracker = None
+
+    @property
+    def instructions(self) -> str:
+        """The system prompt in use: ``system_prompt``, or the answer style's."""
+        return ANSWER_STYLES[self.answer_style][0] if self.system_prompt is None else self.system_prompt
+
+    @property
+    def stops(self) -> list[str]:
+        """The stop strings in use: ``stop``, or the answer style's."""
+        return list(ANSWER_STYLES[self.answer_style][1] if self.stop is None else self.stop)
+
+    @property
+    def new_tokens(self) -> int:
+        """The most tokens an answer may have: ``max_new_tokens``, or the answer style's."""
+        return ANSWER_STYLES[self.answer_style][2] if self.max_new_tokens is None else self.max_new_tokens
 
     def engine_reason(self) -> str:
         """Why this engine runs the model: the measurement behind ``auto``, or that the user pinned it."""
@@ -133,11 +168,11 @@ class GroundedGenerator(Component):
         user = f"Passages:\n\n{format_passages(context)}\n\nQuestion: {query}" if context.passages else (
             f"(No passages were retrieved.)\n\nQuestion: {query}"
         )
-        return [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": user}]
+        return [{"role": "system", "content": self.instructions}, {"role": "user", "content": user}]
 
     def prefix_ids(self, lm) -> list[int]:
         """Tokens every prompt of this generator starts with (system prompt, template, "Passages:")."""
-        renders = [lm.encode_chat([{"role": "system", "content": self.system_prompt},
+        renders = [lm.encode_chat([{"role": "system", "content": self.instructions},
                                    {"role": "user", "content": f"Passages:\n\n[{marker}] x"}]) for marker in (1, 7)]
         from rag.generation.engine import common_prefix
 
@@ -188,18 +223,19 @@ class GroundedGenerator(Component):
         started = time.perf_counter()
         session = self.session(lm)
         if speculate:
-            tokens = speculative_decode(lm, prompt_ids, drafter, max_new_tokens=self.max_new_tokens,
+            tokens = speculative_decode(lm, prompt_ids, drafter, max_new_tokens=self.new_tokens,
                                         temperature=self.temperature, seed=self.seed, stats=stats, session=session,
                                         policy=WidthPolicy(width_costs), tracker=self._tracker)
         else:
-            tokens = decode(lm, prompt_ids, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+            tokens = decode(lm, prompt_ids, max_new_tokens=self.new_tokens, temperature=self.temperature,
                             seed=self.seed, stats=stats, session=session)
         text = ""
         cut = None
+        stops = self.stops
         for token in tokens:
             delta = stream.push(token)
             text += delta
-            cut = _stop_at(text, self.stop)
+            cut = _stop_at(text, stops)
             if cut is not None:
                 delta = delta[: len(delta) - (len(text) - cut)]
                 text = text[:cut]
@@ -209,7 +245,8 @@ class GroundedGenerator(Component):
                 break
         tokens.close()
         completed = None
-        if self.complete_citations and cut is None and context.passages and not parse_citations(text, context):
+        cite = self.complete_citations and self.answer_style == "cited"
+        if cite and cut is None and context.passages and not parse_citations(text, context):
             completed = _complete_citation(session, prompt_ids + stream.ids, len(context.passages))
             if completed is not None:
                 text = f"{text.rstrip()} [{completed}]"
@@ -220,7 +257,8 @@ class GroundedGenerator(Component):
                  "tokens_per_second": stats.tokens_per_second, "first_token_seconds": stats.first_token_seconds,
                  "reused_prompt_tokens": stats.reused_prompt_tokens, "load_seconds": load_seconds,
                  "model": self.model, "engine": lm.name, "engine_asked": self.engine, "quantize": self.quantize,
-                 "citation_completed": completed is not None, "speculative": speculate}
+                 "citation_completed": completed is not None, "speculative": speculate,
+                 "answer_style": self.answer_style}
         extra.update(stats.as_dict())
         if speculate:
             extra["drafters"] = list(self.drafters)

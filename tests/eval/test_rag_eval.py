@@ -216,6 +216,23 @@ def test_a_run_directory_refuses_another_pipeline(tiny_qa: Path, tiny_lm: Path, 
         run_rag_eval(tiny_qa, other, tmp_path / "run", limit=1, progress=False, plots=False)
 
 
+def test_the_answer_style_is_part_of_the_run_config(tiny_qa: Path, tiny_lm: Path, tmp_path: Path) -> None:
+    from rag.config import load_config_file
+    from rag.errors import InputError
+
+    config = _config(tiny_lm)
+    run_rag_eval(tiny_qa, config, tmp_path / "short", limit=1, progress=False, plots=False, answer_style="short")
+    assert load_config_file(tmp_path / "short" / "config.yaml")["generator"]["params"]["answer_style"] == "short"
+    (record,) = read_records(tmp_path / "short" / RECORDS)
+    generate = next(s for s in record["stages"] if s["stage"] == "generate")
+    assert generate["extra"]["answer_style"] == "short" and record["citations"] == []
+    with pytest.raises(InputError, match="another pipeline"):  # the same directory with cited answers
+        run_rag_eval(tiny_qa, config, tmp_path / "short", limit=1, progress=False, plots=False, answer_style="cited")
+    with pytest.raises(InputError, match="has no answer styles"):
+        run_rag_eval(tiny_qa, {**config, "generator": None}, tmp_path / "none", limit=1, progress=False,
+                     plots=False, answer_style="short")
+
+
 def test_cli_runs_and_prints_the_summary_last(tiny_qa: Path, tiny_lm: Path, tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     import yaml

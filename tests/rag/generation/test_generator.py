@@ -159,7 +159,7 @@ def test_system_prompt_prefix_is_reused_across_questions():
     generator = GroundedGenerator(model="smollm2-135m", max_new_tokens=12)
     generator.generate("What does json.dumps do?", context)
     second = generator.generate("What does os.path.join do?", context)
-    assert second.trace.stages[0].extra["reused_prompt_tokens"] >= len(generator.system_prompt.split())
+    assert second.trace.stages[0].extra["reused_prompt_tokens"] >= len(generator.instructions.split())
     fresh = GroundedGenerator(model="smollm2-135m", max_new_tokens=12, reuse_prefix=False).generate(
         "What does os.path.join do?", context)
     assert fresh.trace.stages[0].extra["reused_prompt_tokens"] == 0 and fresh.text == second.text
@@ -183,3 +183,28 @@ def test_the_engine_is_a_round_tripped_parameter_and_auto_reports_what_it_chose(
     assert extra["engine_asked"] == "auto" and extra["engine"] in ("transformers:float32", "transformers:bfloat16",
                                                                     "llama.cpp")
     assert extra["engine_reason"].startswith(extra["engine"])
+
+
+def test_a_short_answer_is_a_phrase_without_citations():
+    """Real model: the short style answers with the span and cites nothing; cited answers cite."""
+    context = make_context()
+    short = GroundedGenerator(model="qwen2.5-0.5b", answer_style="short")
+    answer = short.generate("Which decorator memoizes the results of a function?", context)
+    assert "lru_cache" in answer.text and "\n" not in answer.text and answer.citations == []
+    extra = answer.trace.stages[0].extra
+    assert extra["answer_style"] == "short" and extra["citation_completed"] is False
+    assert answer.trace.stages[0].tokens_out <= 32 and len(answer.text.split()) <= 6, answer.text
+
+
+def test_answer_styles_supply_prompt_stops_and_length_unless_given():
+    from rag.generation.generator import DEFAULT_SYSTEM_PROMPT, SHORT_SYSTEM_PROMPT
+    from rag.registry import build
+
+    cited, short = GroundedGenerator(), GroundedGenerator(answer_style="short")
+    assert (cited.instructions, cited.stops, cited.new_tokens) == (DEFAULT_SYSTEM_PROMPT, [], 256)
+    assert (short.instructions, short.stops, short.new_tokens) == (SHORT_SYSTEM_PROMPT, ["\n"], 32)
+    mine = GroundedGenerator(answer_style="short", system_prompt="Be brief.", stop=[], max_new_tokens=5)
+    assert (mine.instructions, mine.stops, mine.new_tokens) == ("Be brief.", [], 5)
+    assert build("generator", mine.to_config()) == mine and mine.to_config()["params"]["answer_style"] == "short"
+    with pytest.raises(InputError, match="answer_style must be one of \\['cited', 'short'\\]"):
+        GroundedGenerator(answer_style="long")
