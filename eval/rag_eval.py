@@ -275,7 +275,8 @@ def resolve_pipeline(config: "str | Path | Mapping[str, Any] | None") -> Any:
 
 
 def set_answer_style(pipeline: Any, style: str) -> None:
-    """Give the pipeline's generator the answer style ``style``; refused for a generator without styles."""
+    """Give the pipeline's generator the answer style ``style``, with the style's system prompt and stop strings
+    (a config that spelled out the cited prompt would otherwise keep it); refused for a generator without styles."""
     from rag.generation.generator import ANSWER_STYLES
 
     if style not in ANSWER_STYLES:
@@ -283,6 +284,8 @@ def set_answer_style(pipeline: Any, style: str) -> None:
     if pipeline.generator is None or not hasattr(pipeline.generator, "answer_style"):
         raise InputError(f"the pipeline's generator ({type(pipeline.generator).__name__}) has no answer styles")
     pipeline.generator.answer_style = style
+    pipeline.generator.system_prompt = None
+    pipeline.generator.stop = None
 
 
 def default_run_dir(data_dir: str | Path, config: Mapping[str, Any]) -> Path:
@@ -461,7 +464,8 @@ def add_rag_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument("--answer-style", choices=["short", "cited"],
                         help="the generator's answer style: short (a phrase, no citations, what QA benchmarks score) "
-                             "or cited (a sentence or two citing passages); default: the pipeline's (cited)")
+                             "or cited (a sentence or two citing passages), with the style's prompt and stop strings; "
+                             "default: the pipeline's (cited)")
     parser.set_defaults(func=rag_command)
     return parser
 

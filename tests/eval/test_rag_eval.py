@@ -221,8 +221,10 @@ def test_the_answer_style_is_part_of_the_run_config(tiny_qa: Path, tiny_lm: Path
     from rag.errors import InputError
 
     config = _config(tiny_lm)
+    config["generator"]["params"].update(system_prompt="Answer in a sentence.", stop=[])  # spelled out, as old configs do
     run_rag_eval(tiny_qa, config, tmp_path / "short", limit=1, progress=False, plots=False, answer_style="short")
-    assert load_config_file(tmp_path / "short" / "config.yaml")["generator"]["params"]["answer_style"] == "short"
+    params = load_config_file(tmp_path / "short" / "config.yaml")["generator"]["params"]
+    assert (params["answer_style"], params["system_prompt"], params["stop"]) == ("short", None, None)
     (record,) = read_records(tmp_path / "short" / RECORDS)
     generate = next(s for s in record["stages"] if s["stage"] == "generate")
     assert generate["extra"]["answer_style"] == "short" and record["citations"] == []
