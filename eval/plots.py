@@ -26,7 +26,8 @@ def _pyplot() -> Any:
 
 
 def plot_run(records: Sequence[Mapping[str, Any]], summary: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
-    """Write the two plots of one run into ``out_dir``; returns their paths."""
+    """Write the three plots of one run into ``out_dir`` (quality against context, latency by stage, where
+    answers are lost); returns their paths."""
     plt = _pyplot()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -71,6 +72,20 @@ def plot_run(records: Sequence[Mapping[str, Any]], summary: Mapping[str, Any], o
     ax.set_ylabel("mean seconds per question")
     ax.set_title(f"{name}: latency by stage")
     written.append(_save(fig, out_dir / "latency_by_stage.png", plt))
+
+    lost = summary.get("lost", {})
+    fig, ax = plt.subplots(figsize=(7, 4))
+    labels = list(lost)
+    shares = [100 * lost[k] for k in labels]
+    colours = ["C2" if k in ("in the answer", "in the context") else "C3" for k in labels]
+    ax.barh(labels[::-1], shares[::-1], color=colours[::-1])
+    for i, value in enumerate(shares[::-1]):
+        ax.text(value, i, f" {value:.1f}%", va="center", fontsize=8)
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("% of questions")
+    ax.set_title(f"{name}: where answers are lost")
+    fig.tight_layout()
+    written.append(_save(fig, out_dir / "where_answers_are_lost.png", plt))
     return written
 
 

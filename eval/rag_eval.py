@@ -255,7 +255,34 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         if drafted:
             extras_mean[f"{name}.acceptance"] = table["acceptance"] = accepted / drafted
     timing["seconds.total"] = _mean([sum(s["seconds"] for s in r.get("stages", [])) for r in records])
-    return {"metrics": metrics, "extras": extras_mean, "timing": timing, "stages": stages}
+    return {"metrics": metrics, "extras": extras_mean, "timing": timing, "stages": stages, "lost": where_lost(records)}
+
+
+def where_lost(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """The share of questions whose answer is lost at each stage, in pipeline order, plus those that kept it.
+
+    A question is lost where its useful passages first disappear (``not retrieved``, then ``dropped by``
+    each later stage: rerank, filter, compress), else ``in context, not in answer`` when the answer does not
+    contain a gold answer, else ``in the answer``. Without generation the last share is ``in the context``.
+    The shares add up to 1; they tell which stage to fix first.
+    """
+    counts: dict[str, int] = {}
+    for record in records:
+        recall = record.get("recall", {})
+        lost = None
+        for number, (stage, value) in enumerate(recall.items()):
+            if not value:
+                lost = "not retrieved" if number == 0 else f"dropped by {stage}"
+                break
+        if lost is None:
+            contains = record.get("contains")
+            lost = "in the context" if contains is None else (
+                "in the answer" if contains else "in context, not in answer")
+        counts[lost] = counts.get(lost, 0) + 1
+    total = max(len(records), 1)
+    order = ["not retrieved"] + [k for k in counts if k.startswith("dropped by")] + [
+        "in context, not in answer", "in the answer", "in the context"]
+    return {key: counts[key] / total for key in order if key in counts}
 
 
 # -- the run -----------------------------------------------------------------------------------------
@@ -433,6 +460,9 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         f"completed by the generator {fmt(m.get('citation_precision_completed'))} "
         f"(answers {fmt(m.get('citation_completed'))})"
     )
+    lost = summary.get("lost")
+    if lost:
+        lines.append("where answers are lost: " + ", ".join(f"{k} {v:.1%}" for k, v in lost.items()))
     extra = {k: v for k, v in summary.get("extras", {}).items() if k.startswith("generate.") and v is not None}
     if extra:
         lines.append("generate: " + ", ".join(f"{k.split('.', 1)[1]} {v:.3g}" for k, v in extra.items()))

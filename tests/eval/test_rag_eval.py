@@ -90,6 +90,21 @@ def test_the_summary_line_shows_both_kinds_of_citation() -> None:
     assert "completed by the generator 1.0000 (answers 0.7500)" in text
 
 
+def test_each_question_is_lost_at_the_first_stage_that_drops_its_answer() -> None:
+    from eval.rag_eval import where_lost
+
+    def record(retrieve, filter_, compress, contains):
+        return {"recall": {"retrieve": retrieve, "filter": filter_, "compress": compress}, "contains": contains}
+
+    records = [record(0, 0, 0, 0), record(1, 0, 0, 0), record(1, 1, 0, 1), record(1, 1, 1, 0),
+               record(1, 1, 1, 1), record(1, 1, 1, 1), record(1, 0, 1, 1), record(1, 1, 1, 1)]
+    lost = where_lost(records)
+    assert lost == {"not retrieved": 1 / 8, "dropped by filter": 2 / 8, "dropped by compress": 1 / 8,
+                    "in context, not in answer": 1 / 8, "in the answer": 3 / 8}
+    assert list(lost)[0] == "not retrieved" and sum(lost.values()) == pytest.approx(1)
+    assert where_lost([{"recall": {"retrieve": 1.0}, "contains": None}]) == {"in the context": 1.0}
+
+
 def test_strip_citations() -> None:
     assert strip_citations("Paris [1, 3]. [2]") == "Paris."
 
@@ -197,7 +212,8 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_summary(tiny_qa: Path, 
     assert resumed["metrics"]["questions"] == 5
     assert set(resumed["stages"]) == {"retrieve", "filter", "generate"}
     assert resumed["metrics"]["recall.retrieve"] >= resumed["metrics"]["recall.filter"] > 0
-    for name in ("config.yaml", "run.json", RECORDS, SUMMARY, "quality_vs_context.png", "latency_by_stage.png"):
+    for name in ("config.yaml", "run.json", RECORDS, SUMMARY, "quality_vs_context.png", "latency_by_stage.png",
+                 "where_answers_are_lost.png"):
         assert (resumed_dir / name).is_file(), name
     assert (resumed_dir / "pipeline" / "pipeline.yaml").is_file()  # the index lives in the run, nowhere else
     records = read_records(resumed_dir / RECORDS)
