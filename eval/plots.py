@@ -6,6 +6,7 @@
 :func:`plot_run` draws one run (``quality_vs_context.png``: per-question F1 against the prompt's tokens,
 with means per token bin; ``latency_by_stage.png``: mean seconds per stage). :func:`plot_runs` draws
 several runs side by side: one point per run for quality against context tokens, and stacked stage latency.
+:func:`plot_front` draws the quality-latency front of ``specrag eval recipes``.
 """
 
 from __future__ import annotations
@@ -123,6 +124,28 @@ def plot_runs(runs: Mapping[str, str | Path], out_dir: str | Path) -> list[Path]
     ax.set_title("latency by stage")
     written.append(_save(fig, out_dir / "compare_latency_by_stage.png", plt))
     return written
+
+
+def plot_front(rows: Sequence[Mapping[str, Any]], path: str | Path, title: str = "") -> Path:
+    """F1 against seconds per answer, one labelled point per pipeline, the Pareto front joined by a line
+    (rows as :func:`eval.recipes.front_rows` returns them)."""
+    plt = _pyplot()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    points = [r for r in rows if r.get("f1") is not None and r.get("seconds") is not None]
+    for i, row in enumerate(points):
+        ax.scatter([row["seconds"]], [row["f1"]], color=f"C{i}", marker="o" if row["on_front"] else "x", zorder=3)
+        ax.annotate(row["pipeline"], (row["seconds"], row["f1"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    front = sorted((r["seconds"], r["f1"]) for r in points if r["on_front"])
+    if front:
+        ax.plot([s for s, _ in front], [f for _, f in front], color="gray", linestyle="--", label="Pareto front", zorder=2)
+        ax.legend(fontsize=8, loc="lower right")
+    ax.set_xlabel("mean seconds per answer")
+    ax.set_ylabel("token F1")
+    ax.set_xlim(left=0)
+    ax.set_title(title or "quality against latency", fontsize=9)
+    return _save(fig, path, plt)
 
 
 def _bins(values: Sequence[float], n: int) -> list[tuple[float, float]]:

@@ -135,7 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     index.add_argument("--corpus", required=True, help="path to a corpus.jsonl, or 'stdlib'")
     index.add_argument("--out", required=True, type=Path, help="pipeline directory to write (replaced atomically)")
-    index.add_argument("--config", type=Path, help="pipeline YAML/JSON (default: recursive chunker, dense MiniLM, Qwen2.5-0.5B)")
+    how = index.add_mutually_exclusive_group()
+    how.add_argument("--config", type=Path, help="pipeline YAML/JSON (default: the default Pipeline())")
+    how.add_argument("--recipe", metavar="NAME",
+                     help="a named pipeline shipped with specrag: fast, balanced or accurate (see the README)")
     index.add_argument("--ray", action="store_true",
                        help="ingest with Ray Data into --shards index shards searched by shard actors (pip install 'specrag[ray]')")
     index.add_argument("--address", help="with --ray: the Ray cluster to use (default: RAY_ADDRESS, else a local cluster)")
@@ -196,10 +199,10 @@ def _load_documents(corpus: str) -> list:
     return read_documents(corpus)
 
 
-def build_index(corpus: str, out: Path, config: Path | None = None) -> "object":
+def build_index(corpus: str, out: Path, config: Path | None = None, recipe: str | None = None) -> "object":
     from rag.pipeline import Pipeline
 
-    pipeline = Pipeline.from_config(config) if config else Pipeline()
+    pipeline = Pipeline.recipe(recipe) if recipe else Pipeline.from_config(config) if config else Pipeline()
     documents = _load_documents(corpus)
     print(f"indexing {len(documents)} documents from {corpus} ...", file=sys.stderr)
     trace = pipeline.ingest(documents)
@@ -211,11 +214,15 @@ def build_index(corpus: str, out: Path, config: Path | None = None) -> "object":
 
 def cmd_index(args: argparse.Namespace) -> int:
     if getattr(args, "ray", False):
+        if getattr(args, "recipe", None):
+            from rag.pipeline import recipe_path
+
+            args.config = recipe_path(args.recipe)
         return _index_with_ray(args)
     if getattr(args, "shards", None) is not None or getattr(args, "address", None) is not None:
         print("specrag: error: --shards and --address need --ray", file=sys.stderr)
         return 2
-    build_index(args.corpus, args.out, args.config)
+    build_index(args.corpus, args.out, args.config, getattr(args, "recipe", None))
     return 0
 
 

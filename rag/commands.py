@@ -25,6 +25,7 @@ EVAL_COMMANDS: list[str] = [
     "eval.chunking:add_chunking_parser",
     "eval.compression:add_compression_parser",
     "eval.rag_eval:add_rag_parser",
+    "eval.recipes:add_recipes_parser",
     "eval.compare:add_compare_parser",
     "eval.check:add_check_parser",
 ]

@@ -23,6 +23,25 @@ Spec = Any  # a registered name, a {"type", "params"} mapping, or a built compon
 
 CONFIG_FILE = "pipeline.yaml"
 INDEX_DIR = "index"
+# Named pipelines shipped with the package: plain YAML files a user can copy (``fast``, ``balanced``, ...).
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
+
+
+def recipe_names() -> list[str]:
+    """The names :meth:`Pipeline.recipe` accepts, sorted."""
+    return sorted(path.stem for path in RECIPES_DIR.glob("*.yaml"))
+
+
+def recipe_path(name: str) -> Path:
+    """The YAML file of recipe ``name``; an unknown name is an InputError listing the recipes."""
+    path = RECIPES_DIR / f"{name}.yaml"
+    if not name or "/" in name or "\\" in name or not path.is_file():
+        import difflib
+
+        close = difflib.get_close_matches(name, recipe_names(), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise InputError(f"no recipe named {name!r}{hint} (recipes: {', '.join(recipe_names())})")
+    return path
 
 
 class Pipeline:
@@ -82,6 +101,15 @@ class Pipeline:
             filters=[spec(f) for f in parsed.filters], compressor=spec(parsed.compressor),
             generator=spec(parsed.generator), retrieve_k=parsed.retrieve_k, budget_tokens=parsed.budget_tokens,
         )
+
+    @classmethod
+    def recipe(cls, name: str) -> "Pipeline":
+        """The pipeline of a named recipe (:func:`recipe_names`), e.g. ``Pipeline.recipe("accurate")``.
+
+        Each recipe is a YAML file in ``rag/recipes/`` with a comment saying what it chooses and why; copy
+        one (``recipe_path(name)``) to start a config of your own.
+        """
+        return cls.from_config(recipe_path(name))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Pipeline) and self.to_config() == other.to_config()

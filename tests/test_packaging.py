@@ -77,14 +77,18 @@ def test_every_third_party_import_is_a_declared_dependency() -> None:
 CHECK_FROM_INSTALL = """
 import json
 import eval.check as check
+import rag.pipeline as pipeline
 runs = check.load_pins()
-print(json.dumps({"module": check.__file__, "pins": str(check.PINS_DIR), "runs": sorted(r.name for r in runs)}))
+recipes = {name: pipeline.Pipeline.recipe(name).to_config()["generator"]["type"] for name in pipeline.recipe_names()}
+print(json.dumps({"module": check.__file__, "pins": str(check.PINS_DIR), "runs": sorted(r.name for r in runs),
+                  "recipes": recipes}))
 """
 
 
-def test_the_wheel_ships_the_pins_and_eval_check_finds_them_when_installed(tmp_path: Path) -> None:
+def test_the_wheel_ships_the_pins_and_recipes_and_both_are_found_when_installed(tmp_path: Path) -> None:
     """Build the wheel as pip would (from a copy: a build writes build/ and *.egg-info into its source), unpack
-    it as an install does, and load the pins through the installed eval.check in a fresh process."""
+    it as an install does, and load the pins through the installed eval.check and the recipes through the
+    installed Pipeline.recipe in a fresh process."""
     pytest.importorskip("setuptools", reason="building the wheel offline needs setuptools: pip install 'specrag[test]'")
     source = tmp_path / "source"
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "build")
@@ -106,9 +110,11 @@ def test_the_wheel_ships_the_pins_and_eval_check_finds_them_when_installed(tmp_p
         archive.extractall(tmp_path / "site")
     pins = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "eval" / "expected").glob("*.yaml"))
     assert pins and set(pins) <= set(names), f"pin files missing from {wheel.name}: {sorted(set(pins) - set(names))}"
+    recipes = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "rag" / "recipes").glob("*.yaml"))
+    assert recipes and set(recipes) <= set(names), f"recipes missing from {wheel.name}"
     # Nothing else but code: results, plots and example configs are read from a checkout, not by the package.
     data = sorted(n for n in names if not n.endswith(".py") and ".dist-info/" not in n)
-    assert data == pins
+    assert data == sorted(pins + recipes)
 
     # Only the unpacked wheel on the path (not this checkout, not the editable install's finder first).
     env["PYTHONPATH"] = str(tmp_path / "site")
@@ -118,6 +124,7 @@ def test_the_wheel_ships_the_pins_and_eval_check_finds_them_when_installed(tmp_p
     result = json.loads(child.stdout.strip().splitlines()[-1])
     assert Path(result["module"]).is_relative_to(tmp_path / "site")
     assert Path(result["pins"]) == (tmp_path / "site" / "eval" / "expected").resolve()
+    assert sorted(result["recipes"]) == sorted(Path(r).stem for r in recipes)
 
     from eval.check import load_pins
 
