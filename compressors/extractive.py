@@ -24,12 +24,16 @@ the weight for that scale.
 
 The best sentences that fit are kept, in their source order (RECOMP / "extractive beats pruning");
 ``neighbours`` adds up to that many sentences either side of each kept one while the budget allows.
+``per_passage`` keeps each passage's best ``per_passage`` sentences before any other (best first, while
+they fit): a multi-hop question needs a fact from a passage whose sentences all score below the first
+passage's, and a single ranking over all sentences spends the budget on the first passage alone.
 Selective augmentation: sentences scoring below ``min_score`` are never kept, so when none clears it
 the context is empty (the generator then answers without passages).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Mapping, Sequence
 
 from compressors.base import (
@@ -65,6 +69,7 @@ class ExtractiveCompressor(BaseCompressor):
         tokenizer: str = DEFAULT_TOKENIZER,
         lexical_weight: float = 1.0,
         dtype: str = "float32",
+        per_passage: int = 0,
     ) -> None:
         from rag.encoders import check_dtype
 
@@ -76,10 +81,10 @@ class ExtractiveCompressor(BaseCompressor):
             raise InputError("extractive compressor: scorer 'reranker' needs reranker=<registered reranker name or spec>")
         if not lexical_weight >= 0:  # also refuses NaN
             raise InputError(f"extractive compressor: lexical_weight must be >= 0, got {lexical_weight}")
-        if neighbours < 0 or max_sentence_tokens < 1:
+        if neighbours < 0 or per_passage < 0 or max_sentence_tokens < 1:
             raise InputError(
-                f"extractive compressor: neighbours must be >= 0 and max_sentence_tokens >= 1, "
-                f"got {neighbours} and {max_sentence_tokens}"
+                f"extractive compressor: neighbours and per_passage must be >= 0 and max_sentence_tokens >= 1, "
+                f"got {neighbours}, {per_passage} and {max_sentence_tokens}"
             )
         self.rate = rate
         self.target_tokens = target_tokens
@@ -92,6 +97,7 @@ class ExtractiveCompressor(BaseCompressor):
         self.tokenizer = tokenizer
         self.lexical_weight = lexical_weight
         self.dtype = dtype
+        self.per_passage = per_passage
 
     def sentences(self, pieces: Sequence[Piece], counter: TokenCounter) -> tuple[list[tuple[int, int, int]], list[int]]:
         """``(piece, start, end)`` of every sentence in the pieces' spans, and its length in tokens."""
@@ -142,10 +148,25 @@ class ExtractiveCompressor(BaseCompressor):
         scores = self.score(query, texts)
         units = [Unit(p, a, b, s, t) for (p, a, b), s, t in zip(found, scores, tokens)]
         eligible = [i for i, u in enumerate(units) if self.min_score is None or u.score >= self.min_score]
-        chosen = [eligible[i] for i in greedy([units[i] for i in eligible], budget)]
+        chosen = [eligible[i] for i in greedy(self._ranked([units[i] for i in eligible]), budget)]
         if self.neighbours:
             chosen = self._add_neighbours(units, chosen, budget)
         return keep_units(pieces, units, chosen)
+
+    def _ranked(self, units: list[Unit]) -> list[Unit]:
+        """The units with the scores :func:`greedy` ranks by: each passage's best ``per_passage`` lifted above
+        all others (their order among themselves, and the others', unchanged)."""
+        if not self.per_passage or not units:
+            return units
+        rank_in_piece: dict[int, int] = {}
+        lifted = set()
+        for i in sorted(range(len(units)), key=lambda i: (-units[i].score, i)):
+            rank = rank_in_piece.get(units[i].piece, 0)
+            rank_in_piece[units[i].piece] = rank + 1
+            if rank < self.per_passage:
+                lifted.add(i)
+        lift = max(u.score for u in units) - min(u.score for u in units) + 1.0
+        return [replace(u, score=u.score + lift) if i in lifted else u for i, u in enumerate(units)]
 
     def _add_neighbours(self, units: list[Unit], chosen: list[int], budget: int) -> list[int]:
         """Add sentences next to kept ones (same piece, within ``neighbours``), best kept sentence first."""

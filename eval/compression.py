@@ -60,12 +60,14 @@ def clean_answer(text: str) -> str:
     return CITATION_MARKS.sub("", text).strip().split("\n")[0].strip()
 
 
-def retrieve(data_dir: str | Path, limit: int | None, k: int, index_dir: str | Path | None) -> tuple[Any, list[list[Hit]]]:
-    """The QA set (first ``limit`` questions) and each question's top ``k`` dense hits (one chunk per record)."""
+def retrieve(data_dir: str | Path, limit: int | None, k: int, index_dir: str | Path | None,
+             skip: int = 0) -> tuple[Any, list[list[Hit]]]:
+    """The QA set (``limit`` questions after the first ``skip``) and each question's top ``k`` dense hits (one
+    chunk per record)."""
     from eval.qa import load_qa
     from indexes.dense import DenseIndex
 
-    dataset = load_qa(data_dir, limit=limit)
+    dataset = load_qa(data_dir, limit=limit, skip=skip)
     index = None
     if index_dir is not None and (Path(index_dir) / "manifest.json").is_file():
         index = DenseIndex.open(index_dir)
@@ -106,8 +108,11 @@ def run_compression(
     index_dir: str | Path | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
     params: Mapping[str, Mapping[str, Any]] | None = None,
+    skip: int = 0,
 ) -> dict[str, Any]:
     """Compress every question's hits with each compressor at each rate; see the module docstring.
+
+    ``skip`` leaves out the first questions: settings are chosen on questions outside the reported range.
 
     ``params`` maps a compressor name to constructor parameters (e.g. ``{"surprisal": {"quantize": "int8"}}``).
     """
@@ -121,7 +126,7 @@ def run_compression(
     if unused:
         raise InputError(f"params given for {', '.join(unused)}, which is 'none' or not among the compressors "
                          f"evaluated ({', '.join(compressors)})")
-    dataset, all_hits = retrieve(data_dir, limit, k, index_dir)
+    dataset, all_hits = retrieve(data_dir, limit, k, index_dir, skip)
     questions = dataset.questions
     before = [contains_answer("\n\n".join(h.chunk.text for h in hits), q.answers) for q, hits in zip(questions, all_hits)]
     generator = build_generator() if generate else None
@@ -230,6 +235,8 @@ def add_compression_parser(commands: "argparse._SubParsersAction[argparse.Argume
     )
     parser.add_argument("--data", required=True, metavar="DIR", help="QA folder (corpus.jsonl, queries.jsonl with answers)")
     parser.add_argument("--limit", type=_positive_int, metavar="N", help="evaluate the first N questions")
+    parser.add_argument("--skip", type=int, default=0, metavar="N",
+                        help="leave out the first N questions (choose settings beside a report on the first N)")
     parser.add_argument("--rates", default="1,2,3,5", metavar="R,R", help="compression factors (default 1,2,3,5)")
     parser.add_argument(
         "--compressors", default=",".join(COMPRESSORS), metavar="A,B",
@@ -265,7 +272,7 @@ def compression_command(args: argparse.Namespace) -> int:
         names = [n.strip() for n in args.compressors.split(",") if n.strip()]
         result = run_compression(
             args.data, names, rates, limit=args.limit, generate=args.generate, generate_rates=generate_rates,
-            k=args.k, index_dir=args.index_dir, params=args.params,
+            k=args.k, index_dir=args.index_dir, params=args.params, skip=args.skip,
             progress=lambda row: print(json.dumps(row), file=sys.stderr, flush=True),
         )
     except SpecragError as exc:

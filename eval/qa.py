@@ -63,8 +63,10 @@ class QADataset:
         }
 
 
-def load_qa(data_dir: str | Path, split: str = "test", limit: int | None = None) -> QADataset:
-    """Read a QA folder. ``limit`` keeps the first ``limit`` questions (in file order) and the whole corpus.
+def load_qa(data_dir: str | Path, split: str = "test", limit: int | None = None, skip: int = 0) -> QADataset:
+    """Read a QA folder. ``limit`` keeps the first ``limit`` questions (in file order) after the first ``skip``
+    (settings are chosen on questions outside the reported range: ``skip=300`` beside a ``limit=300`` report),
+    and the whole corpus.
 
     Errors name the file and line: a question without ``_id``/``text``, ``answers`` that are not a
     non-empty list of strings.
@@ -76,6 +78,8 @@ def load_qa(data_dir: str | Path, split: str = "test", limit: int | None = None)
             raise InputError(f"{path}: missing; a QA folder holds corpus.jsonl, queries.jsonl (with answers) and qrels/")
     if limit is not None and limit < 1:
         raise InputError(f"limit must be at least 1, got {limit}")
+    if skip < 0:
+        raise InputError(f"skip must be at least 0, got {skip}")
     relevant: dict[str, set[str]] = {}
     qrels_path = root / "qrels" / f"{split}.tsv"
     if qrels_path.is_file():
@@ -92,6 +96,9 @@ def load_qa(data_dir: str | Path, split: str = "test", limit: int | None = None)
             raise InputError(
                 f"{queries_path}, line {number} (question {qid}): 'answers' must be a non-empty list of strings"
             )
+        if skip:
+            skip -= 1
+            continue
         questions.append(QAQuestion(str(qid), text, tuple(answers), frozenset(relevant.get(str(qid), ()))))
         if limit is not None and len(questions) >= limit:
             break

@@ -33,6 +33,17 @@ def test_extractive_keeps_the_answer_sentence_first():
     assert context.passages[0].chunk.id == "c0"
 
 
+def test_per_passage_keeps_each_passages_best_sentence_before_the_rest():
+    hits = hits_of(PASSAGES)
+    plain = ExtractiveCompressor(target_tokens=60).compress(QUESTION, hits)
+    each = ExtractiveCompressor(target_tokens=60, per_passage=1).compress(QUESTION, hits)
+    check_context(each, hits, 60)
+    assert len(plain.passages) < len(PASSAGES) == len(each.passages)  # one ranking spends the budget on fewer
+    assert "Denver Broncos defeated" in each.text  # the best sentence overall is still kept
+    with pytest.raises(InputError, match="per_passage"):
+        ExtractiveCompressor(per_passage=-1)
+
+
 def test_selective_augmentation_returns_an_empty_context():
     hits = hits_of(PASSAGES)
     # A dense score is at most 1 and the lexical share at most 1: nothing clears 2.01.

@@ -72,6 +72,15 @@ def test_load_squad_sample(data_dir):
     assert card["questions"] == 30 and card["licence"].startswith("CC BY-SA")
 
 
+def test_skip_leaves_out_the_reported_range(data_dir):
+    first = load_qa(data_dir / "squad-v1.1-dev", limit=30)
+    later = load_qa(data_dir / "squad-v1.1-dev", limit=10, skip=25)
+    assert [q.id for q in later.questions[:5]] == [q.id for q in first.questions[25:]]
+    assert not {q.id for q in later.questions[5:]} & {q.id for q in first.questions}
+    with pytest.raises(InputError, match="skip"):
+        load_qa(data_dir / "squad-v1.1-dev", skip=-1)
+
+
 def test_bad_answers_name_file_and_line(tmp_path):
     (tmp_path / "corpus.jsonl").write_text(json.dumps({"_id": "p1", "text": "x"}) + "\n")
     (tmp_path / "queries.jsonl").write_text(
