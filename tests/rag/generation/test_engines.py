@@ -108,7 +108,9 @@ def test_next_token_logits_of_a_batch_match_one_by_one_sessions(name):
     assert batch.shape[0] == len(prompts) and batch.dtype == torch.float32
     for row, prompt in enumerate(prompts):
         single = lm.new_session().prefill(prompt).float()
-        assert int(batch[row].argmax()) == int(single.argmax())
+        if int(batch[row].argmax()) != int(single.argmax()):  # a batch sums in another order: only a near tie may part
+            top = torch.topk(single, 2).values
+            assert float(top[0] - top[1]) <= NEAR_TIE, f"{lm.name}: batch row {row} disagrees with its own session"
 
 
 def test_llama_cpp_engine_reads_the_gguf_pack_and_refuses_other_models(tmp_path):
