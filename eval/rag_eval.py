@@ -487,7 +487,7 @@ def add_rag_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser
     )
     parser.add_argument("--data", required=True, metavar="DIR", help="QA folder: corpus.jsonl, queries.jsonl with answers, qrels/")
     parser.add_argument("--pipeline", metavar="CONFIG", type=Path,
-                        help="pipeline YAML/JSON (default: the default Pipeline(): recursive, dense, top-5, qwen2.5-0.5b)")
+                        help="pipeline YAML/JSON (default: the default Pipeline(), the fast recipe: recursive, dense, top-5, extractive 3x, qwen2.5-0.5b)")
     parser.add_argument("--limit", type=_positive_int, metavar="N", help="the first N questions (the whole corpus is indexed)")
     parser.add_argument("--split", default="test", help="qrels split naming relevant passages (default: test)")
     parser.add_argument("--out", type=Path, metavar="RUNDIR", help=f"run directory (default: {DEFAULT_RUNS}/<data>-<config hash>)")

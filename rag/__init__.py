@@ -1,7 +1,7 @@
 """specrag: retrieval-augmented generation, every stage real, measured and fast on a CPU.
 
     >>> from rag import Document, Pipeline
-    >>> pipe = Pipeline()  # recursive chunker, dense MiniLM index, Qwen2.5-0.5B grounded generator
+    >>> pipe = Pipeline()  # the `fast` recipe: recursive chunks, dense MiniLM, best 5, extractive 3x, Qwen2.5-0.5B
     >>> pipe.ingest([Document(text="functools.cache memoizes a function.", id="d1")])  # doctest: +SKIP
     >>> print(pipe.ask("How do I memoize?").text)  # doctest: +SKIP
 """

@@ -25,6 +25,9 @@ CONFIG_FILE = "pipeline.yaml"
 INDEX_DIR = "index"
 # Named pipelines shipped with the package: plain YAML files a user can copy (``fast``, ``balanced``, ...).
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
+# The default Pipeline() is the `fast` recipe: the best mean F1 on SQuAD and HotpotQA (short answers) among the
+# recipes that answer within 3 s on this project's CPU (eval/results/recipes.md states the rule and the front).
+DEFAULT_COMPRESSOR: dict[str, Any] = {"type": "extractive", "params": {"rate": 1 / 3}}
 
 
 def recipe_names() -> list[str]:
@@ -48,7 +51,9 @@ class Pipeline:
     """Components for each stage, built from names or specs; ``None`` leaves a stage out.
 
     ``retrieve_k`` hits come from the index; the filters (by default the best 5) cut them before the
-    compressor (if any) and the generator. ``budget_tokens`` is handed to the compressor.
+    compressor (by default extractive, keeping a third of the tokens; ``None`` leaves it out) and the
+    generator. ``budget_tokens`` is handed to the compressor. The defaults are the ``fast`` recipe
+    (``Pipeline() == Pipeline.recipe("fast")``), chosen on its quality-latency front (eval/results/recipes.md).
     """
 
     def __init__(
@@ -57,7 +62,7 @@ class Pipeline:
         index: Spec = "dense",
         reranker: Spec | None = None,
         filters: Sequence[Spec] = ({"type": "top-k", "params": {"k": 5}},),
-        compressor: Spec | None = None,
+        compressor: Spec | None = DEFAULT_COMPRESSOR,
         generator: Spec | None = "grounded",
         retrieve_k: int = 20,
         budget_tokens: int | None = None,

@@ -39,6 +39,12 @@ def test_recipes_differ_in_what_they_say() -> None:
     assert {c["generator"]["params"]["answer_style"] for c in configs.values()} == {"cited"}
 
 
+def test_the_default_pipeline_is_the_fast_recipe() -> None:
+    # The rule of eval/results/recipes.md chose `fast`; a change to either must be a change to both.
+    assert Pipeline() == Pipeline.recipe("fast")
+    assert Pipeline(compressor=None).compressor is None
+
+
 @pytest.mark.parametrize("name", ["acurate", "", "../rag/recipes/fast", "fast.yaml"])
 def test_an_unknown_recipe_names_the_recipes(name: str) -> None:
     with pytest.raises(InputError, match="recipes: accurate, balanced, fast"):
