@@ -55,7 +55,7 @@ def test_ingest_ask_save_load(tmp_path):
     answer = pipeline.ask("How can I memoize an expensive function?")
     assert answer.hits[0].chunk.doc_id == "functools.lru_cache"
     assert len(answer.hits) == 2 and answer.text
-    assert [r.stage for r in answer.trace.stages] == ["retrieve", "filter", "generate"]
+    assert [r.stage for r in answer.trace.stages] == ["retrieve", "filter", "compress", "generate"]  # the default compresses
     pipeline.save(tmp_path / "saved")
     loaded = Pipeline.load(tmp_path / "saved")
     assert loaded == pipeline and len(loaded.index) == 4
