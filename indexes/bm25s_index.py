@@ -35,9 +35,12 @@ one-byte norm encoding (exact below 24 terms, about three significant bits above
 count documents with at least one term. With ``lucene_lengths=False`` bm25s's exact lengths are used
 (SciFact nDCG@10 0.6777); that is also the setting for bm25s's other ``method`` values.
 
-``add`` and ``delete`` rebuild the score matrix from cached token lists (linear in the corpus, about
+``add`` and ``delete`` rebuild the score matrix from each chunk's cached terms (linear in the corpus, about
 0.5 s for SciFact), so scores are always those of a fresh index over the chunks held; after a ``load``
-the chunks are tokenized again on the first change. Search scores every
+the chunks are tokenized again on the first change. The cache holds a chunk's terms as an array of 4-byte
+ids into the index's own vocabulary, and with ``lucene_lengths`` the matrix is built here in NumPy from
+those arrays rather than by bm25s from lists of Python ints: a 50 MB document (5.4 million terms) is
+indexed in about a third of the memory (``python -m eval.bench_memory``). Search scores every
 chunk with bm25s and keeps the ``k`` best with a score above zero, ties broken by chunk id (as Anserini
 breaks them).
 
@@ -271,7 +274,11 @@ class BM25sIndex(SavedIndex):
         self._chunks: dict[str, Chunk] = {}  # chunk id -> chunk, in index (row) order
         self._rows: list[Chunk] = []  # row of the bm25s matrix -> chunk
         self._id_rank = np.zeros(0, dtype=np.int64)  # row -> rank of its chunk id in sorted order (tie-breaks)
-        self._terms: dict[str, list[str]] = {}  # chunk id -> its terms (filled on demand after a load)
+        # The term cache: chunk id -> its terms as int32 ids into self._vocab (filled on demand after a load).
+        # self._vocab only grows while chunks come and go (a deleted chunk's terms keep their ids) and is
+        # compacted when most of its ids are no longer used; the model's own vocabulary holds the used terms.
+        self._vocab: dict[str, int] = {}
+        self._term_ids: dict[str, np.ndarray] = {}
         self._model: Any = None  # bm25s.BM25 over self._rows, or None while empty
 
     # -- the Index protocol ------------------------------------------------------------------------
@@ -282,7 +289,9 @@ class BM25sIndex(SavedIndex):
         if not chunks:
             return
         _check_new_ids(self.name, self._chunks, chunks)
-        new_terms = {chunk.id: self.tokenize(self.text_of(chunk)) for chunk in chunks}
+        # Only the vocabulary changes before the rebuild succeeds: ids a failed add gave to new terms are
+        # never used by a chunk, and the model leaves unused ids out.
+        new_terms = {chunk.id: self._term_array(self.text_of(chunk)) for chunk in chunks}
         merged = {**self._chunks, **{chunk.id: chunk for chunk in chunks}}
         self._rebuild(merged, new_terms)
 
@@ -316,8 +325,6 @@ class BM25sIndex(SavedIndex):
         if not found:
             return 0
         self._rebuild({cid: chunk for cid, chunk in self._chunks.items() if cid not in found}, {})
-        for chunk_id in found:
-            self._terms.pop(chunk_id, None)
         return len(found)
 
     def __len__(self) -> int:
@@ -380,8 +387,7 @@ class BM25sIndex(SavedIndex):
         if manifest.get("count", len(chunks)) != len(chunks):
             raise InputError(f"{directory}: the manifest counts {manifest.get('count')} chunks, {CHUNKS} holds {len(chunks)}")
         self._set_rows(chunks, model)
-        self._terms = {}
-
+        self._vocab, self._term_ids = {}, {}
 
     # -- helpers -----------------------------------------------------------------------------------
 
@@ -400,25 +406,58 @@ class BM25sIndex(SavedIndex):
             return f"{chunk.title}\n{chunk.text}"
         return chunk.text
 
-    def _rebuild(self, chunks: dict[str, Chunk], new_terms: dict[str, list[str]]) -> None:
-        """Build a bm25s model over ``chunks`` (all work done before any state changes)."""
-        bm25s = _bm25s()
-        terms = {**self._terms, **new_terms}
+    def _term_array(self, text: str) -> np.ndarray:
+        """The terms of ``text`` as int32 ids into ``self._vocab`` (new terms get new ids)."""
+        vocab = self._vocab
+        return np.fromiter((vocab.setdefault(term, len(vocab)) for term in self.tokenize(text)), dtype=np.int32)
+
+    def _rebuild(self, chunks: dict[str, Chunk], new_terms: dict[str, np.ndarray]) -> None:
+        """Build a bm25s model over ``chunks`` (all work done before any state changes but the vocabulary's growth)."""
+        terms = {**self._term_ids, **new_terms}
         for chunk_id, chunk in chunks.items():
             if chunk_id not in terms:  # after a load, terms are recomputed when first needed
-                terms[chunk_id] = self.tokenize(self.text_of(chunk))
+                terms[chunk_id] = self._term_array(self.text_of(chunk))
         ids = list(chunks)
-        model = None
-        if ids:
-            vocab: dict[str, int] = {}
-            rows = [[vocab.setdefault(t, len(vocab)) for t in terms[chunk_id]] for chunk_id in ids]
-            vocab.setdefault("", len(vocab))  # bm25s's empty token: keeps the vocabulary non-empty
-            model = bm25s.BM25(k1=self.k1, b=self.b, method=self.method)
-            model.index((rows, vocab), show_progress=False)
-            if self.lucene_lengths:
-                model.scores = lucene_score_matrix(rows, len(vocab), self.k1, self.b, model.dtype)
+        rows = [terms[chunk_id] for chunk_id in ids]
+        model = self._model_of(rows) if ids else None
         self._set_rows(chunks, model)
-        self._terms = {chunk_id: terms[chunk_id] for chunk_id in ids}
+        self._term_ids = {chunk_id: terms[chunk_id] for chunk_id in ids}
+        if len(self._vocab) > 2 * len(model.vocab_dict if model else ()) + _VOCAB_SLACK:
+            self._compact_vocabulary()
+
+    def _model_of(self, rows: list[np.ndarray]) -> Any:
+        """A bm25s model over ``rows`` (term id arrays), its vocabulary the terms that occur plus bm25s's empty token."""
+        bm25s = _bm25s()
+        used = np.zeros(len(self._vocab), dtype=bool)
+        for row in rows:
+            used[row] = True
+        column = np.cumsum(used) - 1  # vocabulary id -> the model's column
+        vocab = {term: int(column[i]) for term, i in self._vocab.items() if used[i]}
+        vocab[""] = len(vocab)  # bm25s's empty token: keeps the vocabulary non-empty
+        model = bm25s.BM25(k1=self.k1, b=self.b, method=self.method)
+        if not self.lucene_lengths:
+            model.index(([column[row].tolist() for row in rows], vocab), show_progress=False)
+            return model
+        # bm25s's own index() wants lists of Python ints (about 40 bytes a term) and builds a matrix this
+        # index would replace anyway; the Lucene matrix comes straight from the arrays, and the model gets
+        # the attributes index() would set.
+        scores = lucene_score_matrix(rows, len(self._vocab), self.k1, self.b, model.dtype)
+        ends = scores["indptr"][1:]
+        scores["indptr"] = np.concatenate(([0], ends[used], ends[-1:]))  # drop unused columns, add the empty token's
+        model.scores = scores
+        model.vocab_dict = vocab
+        model.unique_token_ids_set = set(vocab.values())
+        model.nonoccurrence_array = None
+        return model
+
+    def _compact_vocabulary(self) -> None:
+        """Renumber the term cache so that ``self._vocab`` holds only terms some chunk has."""
+        used = np.zeros(len(self._vocab), dtype=bool)
+        for row in self._term_ids.values():
+            used[row] = True
+        new_id = (np.cumsum(used) - 1).astype(np.int32)
+        self._vocab = {term: int(new_id[i]) for term, i in self._vocab.items() if used[i]}
+        self._term_ids = {chunk_id: new_id[row] for chunk_id, row in self._term_ids.items()}
 
     def _set_rows(self, chunks: dict[str, Chunk], model: Any) -> None:
         ids = list(chunks)
@@ -442,30 +481,57 @@ def lucene_length(length: int) -> int:
 _FREE_NORMS = 24  # 255 - SmallFloat.longToInt4(Integer.MAX_VALUE): byte values that encode a length exactly
 
 
-def lucene_score_matrix(rows: list[list[int]], vocab_size: int, k1: float, b: float, dtype: Any) -> dict[str, Any]:
+def lucene_score_matrix(rows: Sequence[np.ndarray], vocab_size: int, k1: float, b: float, dtype: Any) -> dict[str, Any]:
     """bm25s's score matrix (CSC: a column of document scores per term) computed as Lucene scores.
 
-    ``idf = ln(1 + (N - df + 0.5) / (df + 0.5))`` and ``tf / (tf + k1 * (1 - b + b * L / avgdl))`` as in
-    bm25s's "lucene" method, but with Lucene's statistics: ``L`` is :func:`lucene_length` of the
-    document's term count, and ``N`` and ``avgdl`` count only documents with at least one term (Lucene's
-    ``docCount``). On SciFact this turns nDCG@10 0.6777 (exact lengths) into Lucene's 0.6789.
+    ``rows`` holds each document's term ids (below ``vocab_size``). ``idf = ln(1 + (N - df + 0.5) / (df +
+    0.5))`` and ``tf / (tf + k1 * (1 - b + b * L / avgdl))`` as in bm25s's "lucene" method, but with
+    Lucene's statistics: ``L`` is :func:`lucene_length` of the document's term count, and ``N`` and
+    ``avgdl`` count only documents with at least one term (Lucene's ``docCount``). On SciFact this turns
+    nDCG@10 0.6777 (exact lengths) into Lucene's 0.6789. Memory: about 30 bytes per term occurrence at
+    the peak, a few arrays of one entry per term occurrence or per distinct (term, document) pair.
     """
     n_docs = len(rows)
-    lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=n_docs)
-    tokens = np.fromiter(chain.from_iterable(rows), dtype=np.int64, count=int(lengths.sum()))
-    docs_of_tokens = np.repeat(np.arange(n_docs, dtype=np.int64), lengths)
-    keys, tf = np.unique(tokens * max(n_docs, 1) + docs_of_tokens, return_counts=True)  # sorted by (term, doc)
-    term, doc = np.divmod(keys, max(n_docs, 1))
+    lengths = np.fromiter(map(len, rows), dtype=np.int64, count=n_docs)
+    term, doc, tf = _term_frequencies(rows, lengths)
     df = np.bincount(term, minlength=vocab_size)
     with_terms = int(np.count_nonzero(lengths))
     avgdl = lengths.sum() / with_terms if with_terms else 1.0
     unique_lengths, inverse = np.unique(lengths, return_inverse=True)
     quantised = np.array([lucene_length(int(n)) for n in unique_lengths], dtype=np.float64)[inverse]
+    norm = k1 * (1 - b + b * quantised / avgdl)  # per document
     idf = np.log1p((with_terms - df + 0.5) / (df + 0.5))
-    data = idf[term] * tf / (tf + k1 * (1 - b + b * quantised[doc] / avgdl))
+    data = np.empty(term.size, dtype=dtype)
+    for start in range(0, term.size, _BLOCK):  # in blocks: the float64 temporaries stay small
+        part = slice(start, start + _BLOCK)
+        data[part] = idf[term[part]] * tf[part] / (tf[part] + norm[doc[part]])
     indptr = np.zeros(vocab_size + 1, dtype=np.int64)
     np.cumsum(df, out=indptr[1:])
-    return {"data": data.astype(dtype), "indices": doc.astype(np.int32), "indptr": indptr, "num_docs": n_docs}
+    return {"data": data, "indices": doc, "indptr": indptr, "num_docs": n_docs}
+
+
+def _term_frequencies(rows: Sequence[np.ndarray], lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The distinct (term, document) pairs of ``rows``, sorted by term then document: term, document and count (int32)."""
+    if not lengths.sum():
+        return np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.int32)
+    tokens = np.concatenate(rows).astype(np.int32, copy=False)
+    order = np.argsort(tokens, kind="stable")  # stable: documents stay in order within a term
+    tokens = tokens[order]
+    docs = np.repeat(np.arange(len(rows), dtype=np.int32), lengths)[order]
+    del order
+    boundary = np.ones(tokens.size, dtype=bool)
+    boundary[1:] = (tokens[1:] != tokens[:-1]) | (docs[1:] != docs[:-1])
+    starts = np.flatnonzero(boundary)
+    del boundary
+    term, doc, count = tokens[starts], docs[starts], np.empty(starts.size, dtype=np.int32)
+    del tokens, docs  # each temporary goes as soon as it is used: this step sets the peak of a build
+    np.subtract(starts[1:], starts[:-1], out=count[:-1], casting="unsafe")
+    count[-1] = int(lengths.sum()) - starts[-1]
+    return term, doc, count
+
+
+_BLOCK = 1 << 20
+_VOCAB_SLACK = 1 << 16  # compact the term cache's vocabulary only when more than half of it, and this many terms, are unused
 
 
 def _bm25s() -> Any:

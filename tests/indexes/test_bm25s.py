@@ -133,6 +133,24 @@ def test_add_and_delete_equal_a_fresh_build(index: BM25sIndex) -> None:
     assert ranked(index.search(QUERIES, k=5)) == ranked(fresh.search(QUERIES, k=5))
 
 
+
+def test_the_term_cache_is_compacted_after_deletes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deleted chunks' terms leave the cached vocabulary once most of it is unused; scores stay a fresh build's."""
+    import indexes.bm25s_index as module
+
+    monkeypatch.setattr(module, "_VOCAB_SLACK", 0)
+    keys = list(DOCS)
+    index = BM25sIndex()
+    index.add(make_chunks(keys))
+    before = len(index._vocab)
+    index.delete([f"{key}#0" for key in keys[1:]])
+    assert len(index._vocab) < before and set(index._vocab) == set(index.tokenize(index.text_of(make_chunks(keys[:1])[0])))
+    index.add(make_chunks(keys[1:]))
+    fresh = BM25sIndex()
+    fresh.add(make_chunks(keys))
+    assert ranked(index.search(QUERIES, k=5)) == ranked(fresh.search(QUERIES, k=5))
+    assert set(index._model.vocab_dict) == set(fresh._model.vocab_dict)
+
 SEARCH_IN_CHILD = """
 import json, sys
 from indexes.bm25s_index import BM25sIndex
