@@ -29,6 +29,13 @@ they fit): a multi-hop question needs a fact from a passage whose sentences all 
 passage's, and a single ranking over all sentences spends the budget on the first passage alone.
 Selective augmentation: sentences scoring below ``min_score`` are never kept, so when none clears it
 the context is empty (the generator then answers without passages).
+
+``mass`` makes the budget adapt to the query: the budget (``rate`` or ``target_tokens``) becomes a ceiling,
+and only the best sentences whose share of the softmax of the scores (at ``temperature``) reaches ``mass``
+are kept, but never fewer tokens than ``min_rate`` of the context. A question whose best sentence stands
+out gets a short context; one whose scores are spread over several sentences (often a multi-hop question,
+whose evidence sits in two passages) a longer one. ``eval/results/compression.md`` measures it against a
+fixed rate at the same mean compression.
 """
 
 from __future__ import annotations
@@ -70,6 +77,9 @@ class ExtractiveCompressor(BaseCompressor):
         lexical_weight: float = 1.0,
         dtype: str = "float32",
         per_passage: int = 0,
+        mass: float | None = None,
+        temperature: float = 0.15,
+        min_rate: float = 0.0,
     ) -> None:
         from rag.encoders import check_dtype
 
@@ -97,7 +107,16 @@ class ExtractiveCompressor(BaseCompressor):
         self.tokenizer = tokenizer
         self.lexical_weight = lexical_weight
         self.dtype = dtype
+        if mass is not None and not 0 < mass <= 1:
+            raise InputError(f"extractive compressor: mass is a share of the score weight in (0, 1], got {mass}")
+        if not temperature > 0 or not 0 <= min_rate <= 1:
+            raise InputError(
+                f"extractive compressor: need temperature > 0 and 0 <= min_rate <= 1, got {temperature} and {min_rate}"
+            )
         self.per_passage = per_passage
+        self.mass = mass
+        self.temperature = temperature
+        self.min_rate = min_rate
 
     def sentences(self, pieces: Sequence[Piece], counter: TokenCounter) -> tuple[list[tuple[int, int, int]], list[int]]:
         """``(piece, start, end)`` of every sentence in the pieces' spans, and its length in tokens."""
@@ -148,10 +167,31 @@ class ExtractiveCompressor(BaseCompressor):
         scores = self.score(query, texts)
         units = [Unit(p, a, b, s, t) for (p, a, b), s, t in zip(found, scores, tokens)]
         eligible = [i for i, u in enumerate(units) if self.min_score is None or u.score >= self.min_score]
+        budget = self._adaptive_budget([units[i] for i in eligible], budget, sum(u.tokens for u in units))
         chosen = [eligible[i] for i in greedy(self._ranked([units[i] for i in eligible]), budget)]
         if self.neighbours:
             chosen = self._add_neighbours(units, chosen, budget)
         return keep_units(pieces, units, chosen)
+
+    def _adaptive_budget(self, units: list[Unit], budget: int, context_tokens: int) -> int:
+        """With ``mass``: the tokens of the best units that hold ``mass`` of the score weight (at least
+        ``min_rate`` of ``context_tokens``), at most ``budget``; else ``budget``."""
+        if self.mass is None or not units:
+            return budget
+        import math
+
+        import numpy as np
+
+        scores = np.array([u.score for u in units], dtype=np.float64)
+        weights = np.exp((scores - scores.max()) / self.temperature)
+        weights /= weights.sum()
+        needed, held = 0, 0.0
+        for i in sorted(range(len(units)), key=lambda i: (-units[i].score, i)):
+            needed += units[i].tokens
+            held += float(weights[i])
+            if held >= self.mass - 1e-12:  # the sum of all weights may round just below 1
+                break
+        return min(budget, max(needed, math.floor(self.min_rate * context_tokens)))
 
     def _ranked(self, units: list[Unit]) -> list[Unit]:
         """The units with the scores :func:`greedy` ranks by: each passage's best ``per_passage`` lifted above

@@ -44,6 +44,24 @@ def test_per_passage_keeps_each_passages_best_sentence_before_the_rest():
         ExtractiveCompressor(per_passage=-1)
 
 
+
+def test_mass_adapts_the_budget_to_how_the_scores_are_spread():
+    hits = hits_of(PASSAGES)
+    ceiling = ExtractiveCompressor(target_tokens=60).compress(QUESTION, hits)
+    peaked = ExtractiveCompressor(target_tokens=60, mass=0.5, temperature=0.05).compress(QUESTION, hits)
+    check_context(peaked, hits, 60)
+    # The best sentence outscores the rest by far: half the weight needs fewer tokens than the ceiling.
+    assert "Super Bowl 50" in peaked.text and peaked.kept_tokens < ceiling.kept_tokens
+    flat = ExtractiveCompressor(target_tokens=60, mass=0.5, temperature=100.0).compress(QUESTION, hits)
+    assert flat.kept_tokens > peaked.kept_tokens  # flat weights: half of them takes half of the sentences
+    floored = ExtractiveCompressor(target_tokens=60, mass=0.5, temperature=0.05, min_rate=0.5).compress(QUESTION, hits)
+    assert floored.kept_tokens > peaked.kept_tokens and floored.kept_tokens <= 60
+    whole = ExtractiveCompressor(target_tokens=60, mass=1.0, temperature=100.0).compress(QUESTION, hits)
+    assert whole.text == ceiling.text  # all the weight: the ceiling decides, as without mass
+    for bad in ({"mass": 0.0}, {"mass": 1.5}, {"temperature": 0.0}, {"min_rate": 2.0}):
+        with pytest.raises(InputError, match="mass|temperature|min_rate"):
+            ExtractiveCompressor(**bad)
+
 def test_selective_augmentation_returns_an_empty_context():
     hits = hits_of(PASSAGES)
     # A dense score is at most 1 and the lexical share at most 1: nothing clears 2.01.
