@@ -38,7 +38,9 @@ bench: packs
 	$(BIN)/python -m eval.bench_chunking
 	$(BIN)/python -m eval.bench_compression --repeats 2
 	$(BIN)/python -m eval.bench_memory --mb 50
-	$(BIN)/python -m eval.bench_encoders --threads 2
+	$(BIN)/python -m eval.bench_encoders --encoder dense --threads 2
+	$(BIN)/python -m eval.bench_encoders --encoder splade --threads 2
+	$(BIN)/python -m eval.bench_encoders --encoder late --threads 2
 	$(BIN)/specrag --threads 2 bench engines --model qwen2.5-0.5b --data ../shared/data/squad-v1.1-dev --n 20 --threads 2
 
 install: $(STAMP)

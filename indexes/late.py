@@ -20,7 +20,8 @@ loaded as a real ColBERT: BERT, then the linear projection, then L2 normalisatio
 ``[unused0]``/``[unused1]`` query/document markers after ``[CLS]``, queries padded with ``[MASK]`` to 32
 tokens (query augmentation; the mask tokens are not attended to, as in colbertv2.0, but their output
 vectors are kept) and documents keeping every non-padding token (ColBERT's punctuation skip list is not
-applied).
+applied). ``dtype="bfloat16"`` (every class here) runs the encoder network in bfloat16; the vectors are
+normalised and stored as before (``eval/results/encoders.md`` measures speed and quality).
 
 **MaxSim.** ``score(q, d) = sum_i max_j <q_i, d_j>`` over the query's and the document's token vectors.
 
@@ -195,7 +196,8 @@ class TokenEncoder:
     encoded as ColBERT (projection, markers, query augmentation); anything else gives the transformer's
     last hidden states with special tokens and padding dropped, which for ``"minilm"`` are **MiniLM token
     vectors, not a trained ColBERT**. Texts are cut at ``max_length`` word pieces (special tokens
-    included). Models load on first use and are shared per process.
+    included). Models load on first use and are shared per process. ``dtype="bfloat16"`` runs the network
+    in bfloat16 (faster on CPUs with AVX512-BF16 or AMX); vectors are normalised and returned in float32.
 
         >>> enc = TokenEncoder("minilm")
         >>> [v.shape for v in enc.encode_documents(["a short text"])]      # doctest: +SKIP
@@ -203,8 +205,16 @@ class TokenEncoder:
     """
 
     def __init__(
-        self, model: str = "minilm", max_length: int = 256, batch_size: int = 32, show_progress: bool | None = None
+        self,
+        model: str = "minilm",
+        max_length: int = 256,
+        batch_size: int = 32,
+        show_progress: bool | None = None,
+        dtype: str = "float32",
     ) -> None:
+        from rag.encoders import check_dtype
+
+        check_dtype(model, dtype)
         if max_length < 3:
             raise InputError(f"token encoder {model!r}: max_length must be at least 3, got {max_length}")
         if batch_size < 1:
@@ -213,6 +223,7 @@ class TokenEncoder:
         self.max_length = max_length
         self.batch_size = batch_size
         self.show_progress = show_progress
+        self.dtype = dtype
 
     @property
     def backend(self) -> Any:
@@ -220,13 +231,42 @@ class TokenEncoder:
         from rag.encoders import load_sentence_transformer, resolve_model_path
 
         path = resolve_model_path(self.model)
+        dtype = self.resolved_dtype
         if is_colbert_checkpoint(path):
             def load() -> _ColBERT:
                 require("transformers", "dense")
-                return _ColBERT(Path(path))
+                colbert = _ColBERT(Path(path))
+                if dtype != "float32":
+                    import torch
 
-            return shared_model(("colbert", str(Path(path).resolve())), load)
-        return load_sentence_transformer(self.model)
+                    colbert.bert.to(getattr(torch, dtype))
+                    colbert.linear.to(getattr(torch, dtype))
+                return colbert
+
+            return shared_model(("colbert", str(Path(path).resolve()), dtype), load)
+        return load_sentence_transformer(self.model, dtype=dtype)
+
+    @property
+    def resolved_dtype(self) -> str:
+        """``dtype``, or for ``"auto"`` the dtype measured to be faster here (:func:`rag.encoders.choose_dtype`)."""
+        from rag.encoders import AUTO, choose_dtype, forget_sentence_transformer, resolve_model_path
+        from rag.shared import forget
+
+        if self.dtype != AUTO:
+            return self.dtype
+        path = resolve_model_path(self.model)
+
+        def release(dtype: str) -> None:
+            if is_colbert_checkpoint(path):
+                forget(("colbert", str(Path(path).resolve()), dtype))
+            else:
+                forget_sentence_transformer(self.model, None, dtype)
+
+        return choose_dtype(
+            "token", self.model,
+            lambda dtype: TokenEncoder(self.model, self.max_length, self.batch_size, show_progress=False, dtype=dtype),
+            release,
+        )
 
     @property
     def is_colbert(self) -> bool:
@@ -326,7 +366,8 @@ class TokenEncoder:
         return [np.ascontiguousarray(vectors[row][keep[row]].numpy(), dtype=np.float32) for row in range(len(texts))]
 
     def __repr__(self) -> str:
-        return f"TokenEncoder(model={self.model!r}, max_length={self.max_length}, batch_size={self.batch_size})"
+        return (f"TokenEncoder(model={self.model!r}, max_length={self.max_length}, batch_size={self.batch_size}, "
+                f"dtype={self.dtype!r})")
 
 
 # -- MaxSim --------------------------------------------------------------------------------------------
@@ -595,6 +636,7 @@ class LateInteractionIndex(SavedIndex):
         max_length: int = 256,
         batch_size: int = 32,
         name: str = "late",
+        dtype: str = "float32",
     ) -> None:
         if storage not in STORAGES:
             raise InputError(f"late index {name!r}: storage must be one of {', '.join(STORAGES)}, got {storage!r}")
@@ -603,7 +645,7 @@ class LateInteractionIndex(SavedIndex):
                 f"late index {name!r}: need nlist >= 1 (or None), nprobe >= 1 and candidates >= 1; "
                 f"got nlist={nlist}, nprobe={nprobe}, candidates={candidates}"
             )
-        self._encoder = TokenEncoder(model, max_length=max_length, batch_size=batch_size)
+        self._encoder = TokenEncoder(model, max_length=max_length, batch_size=batch_size, dtype=dtype)
         self.model = model
         self.storage = storage
         self.nlist = nlist
@@ -613,6 +655,7 @@ class LateInteractionIndex(SavedIndex):
         self.max_length = max_length
         self.batch_size = batch_size
         self.name = name
+        self.dtype = dtype
         self._chunks: list[Chunk] = []  # in storage order
         self._rows: dict[str, int] = {}  # chunk id -> row
         self._store = _TokenStore(storage)
@@ -982,12 +1025,13 @@ class LateRerankIndex(SavedIndex):
         max_length: int = 256,
         batch_size: int = 32,
         name: str = "late-rerank",
+        dtype: str = "float32",
     ) -> None:
         if storage not in STORAGES:
             raise InputError(f"late-rerank index {name!r}: storage must be one of {', '.join(STORAGES)}, got {storage!r}")
         if depth < 1:
             raise InputError(f"late-rerank index {name!r}: depth must be at least 1, got {depth}")
-        self._encoder = TokenEncoder(model, max_length=max_length, batch_size=batch_size)
+        self._encoder = TokenEncoder(model, max_length=max_length, batch_size=batch_size, dtype=dtype)
         self._bm25 = BM25Index(k1=k1, b=b, fields="flat", name=f"{name}-bm25")
         self.model = model
         self.depth = depth
@@ -997,6 +1041,7 @@ class LateRerankIndex(SavedIndex):
         self.max_length = max_length
         self.batch_size = batch_size
         self.name = name
+        self.dtype = dtype
         self._chunks: list[Chunk] = []
         self._rows: dict[str, int] = {}
         self._store = _TokenStore(storage)
@@ -1130,12 +1175,16 @@ class MaxSimReranker(Component):
 
     role = "reranker"
 
-    def __init__(self, model: str = "minilm", max_length: int = 256, batch_size: int = 32, name: str = "maxsim") -> None:
-        self._encoder = TokenEncoder(model, max_length=max_length, batch_size=batch_size)
+    def __init__(
+        self, model: str = "minilm", max_length: int = 256, batch_size: int = 32, name: str = "maxsim",
+        dtype: str = "float32",
+    ) -> None:
+        self._encoder = TokenEncoder(model, max_length=max_length, batch_size=batch_size, dtype=dtype)
         self.model = model
         self.max_length = max_length
         self.batch_size = batch_size
         self.name = name
+        self.dtype = dtype
 
     def rerank(self, query: str, hits: list[Hit], k: int) -> list[Hit]:
         """The ``k`` best of ``hits`` by MaxSim, best first (ties keep the input order); a chunk id that

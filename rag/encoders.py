@@ -9,9 +9,11 @@
 from __future__ import annotations
 
 import sys
+import threading
+import time
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -60,12 +62,91 @@ def resolve_model_path(model: str) -> str:
 
 
 DTYPES = ("float32", "bfloat16")
+AUTO = "auto"
+# "auto" picks bfloat16 only when it encodes at least this much faster: float32 is the reference arithmetic,
+# and a smaller gain is within what the calibration's noise can fake.
+AUTO_MIN_SPEEDUP = 1.2
+CALIBRATION_TEXTS = 32
+DTYPE_FORMAT_VERSION = 1
 
 
 def check_dtype(model: str, dtype: str) -> None:
-    """Refuse an encoder dtype other than :data:`DTYPES`, naming the model it was asked for."""
-    if dtype not in DTYPES:
-        raise InputError(f"encoder {model!r}: dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    """Refuse an encoder dtype other than :data:`DTYPES` or ``"auto"``, naming the model it was asked for."""
+    if dtype not in DTYPES and dtype != AUTO:
+        raise InputError(f"encoder {model!r}: dtype must be one of {', '.join(DTYPES)} or {AUTO!r}, got {dtype!r}")
+
+
+_DTYPE_MEMO: dict[str, str] = {}  # choice file -> dtype, for this process
+_DTYPE_LOCK = threading.Lock()
+
+
+def _dtype_choice_file(kind: str, model: str, facts: dict[str, Any]) -> Path:
+    from rag.machine import machine_key
+    from rag.models import cache_dir
+
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in f"{kind}-{model}")
+    return cache_dir() / "encoders" / machine_key(facts) / f"{safe}.json"
+
+
+def choose_dtype(kind: str, model: str, make: Callable[[str], Any], release: Callable[[str], None]) -> str:
+    """``dtype="auto"``: the faster of float32 and bfloat16 for this encoder on this machine.
+
+    Measured once per machine, thread count, encoder kind and model (``make(dtype)`` builds the encoder;
+    :data:`CALIBRATION_TEXTS` passages of the stdlib corpus are encoded twice in each dtype, alternately,
+    the best time kept), cached as JSON under ``<specrag cache>/encoders/<machine key>/``. bfloat16 is chosen
+    when it is at least :data:`AUTO_MIN_SPEEDUP` times faster (CPUs with AVX512-BF16 or AMX); on CPUs
+    without BF16 support it is slower and float32 stays. ``release(dtype)`` drops the model not chosen. The
+    retrieval quality of bfloat16 is measured by ``python -m eval.bench_encoders`` (``eval/results/encoders.md``).
+    """
+    from rag.machine import machine_facts
+
+    facts = machine_facts()
+    path = _dtype_choice_file(kind, model, facts)
+    with _DTYPE_LOCK:  # one measurement at a time: two at once would each time the other's load
+        if str(path) not in _DTYPE_MEMO:
+            _DTYPE_MEMO[str(path)] = _read_or_measure_dtype(path, kind, model, facts, make, release)
+        return _DTYPE_MEMO[str(path)]
+
+
+def _read_or_measure_dtype(
+    path: Path, kind: str, model: str, facts: dict[str, Any], make: Callable[[str], Any], release: Callable[[str], None]
+) -> str:
+    import json
+
+    from rag.io import atomic_write_json
+    from rag.machine import load_average, say
+
+    try:
+        cached = json.loads(path.read_text(encoding="utf-8"))
+        if cached.get("format_version") == DTYPE_FORMAT_VERSION and cached.get("dtype") in DTYPES:
+            return cached["dtype"]
+    except (OSError, ValueError, AttributeError):
+        pass  # missing or unreadable: measure again
+    from rag.stdlib_corpus import stdlib_documents
+
+    texts = [d.text[:600] for d in stdlib_documents() if len(d.text) >= 300][:CALIBRATION_TEXTS]
+    say(f"measuring float32 and bfloat16 for the {kind} encoder {model} on this machine (once; cached in {path.parent})")
+    load = load_average()
+    encoders = {dtype: make(dtype) for dtype in DTYPES}
+    seconds = {dtype: float("inf") for dtype in DTYPES}
+    for encoder in encoders.values():
+        encoder.encode_documents(texts[:4])  # loads and warms up, not timed
+    for round_ in range(2):
+        for dtype in DTYPES if round_ == 0 else DTYPES[::-1]:
+            started = time.perf_counter()
+            encoders[dtype].encode_documents(texts)
+            seconds[dtype] = min(seconds[dtype], time.perf_counter() - started)
+    rate = {dtype: len(texts) / seconds[dtype] for dtype in DTYPES}
+    speedup = rate["bfloat16"] / rate["float32"]
+    chosen = "bfloat16" if speedup >= AUTO_MIN_SPEEDUP else "float32"
+    reason = (f"{chosen}: bfloat16 encodes {speedup:.2f}x float32's {rate['float32']:.1f} texts/s "
+              f"(bfloat16 needs {AUTO_MIN_SPEEDUP}x), {facts.get('threads')} threads")
+    atomic_write_json(path, {"format_version": DTYPE_FORMAT_VERSION, "kind": kind, "model": model, "dtype": chosen,
+                             "reason": reason, "texts_per_second": rate, "machine": facts, "load_average": load,
+                             "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")})
+    release("bfloat16" if chosen == "float32" else "float32")
+    say(f"dtype for the {kind} encoder {model}: {reason}")
+    return chosen
 
 
 def load_sentence_transformer(model: str, max_seq_length: int | None = None, dtype: str = "float32") -> Any:
@@ -77,9 +158,10 @@ def load_sentence_transformer(model: str, max_seq_length: int | None = None, dty
     embeddings are always returned as float32.
     """
     check_dtype(model, dtype)
+    if dtype == AUTO:
+        raise InputError(f"encoder {model!r}: resolve dtype 'auto' first (SentenceEncoder.resolved_dtype)")
+    key = _sentence_transformer_key(model, max_seq_length, dtype)
     path = resolve_model_path(model)
-    # Key by the real path so "./m", "m" and a pack name resolving to the same folder share one model.
-    key = ("sentence-transformer", str(Path(path).resolve()) if Path(path).exists() else path, max_seq_length, dtype)
 
     def load() -> Any:
         st = require("sentence_transformers", "dense")
@@ -95,13 +177,27 @@ def load_sentence_transformer(model: str, max_seq_length: int | None = None, dty
     return shared_model(key, load)
 
 
+def _sentence_transformer_key(model: str, max_seq_length: int | None, dtype: str) -> tuple[Any, ...]:
+    path = resolve_model_path(model)
+    # Key by the real path so "./m", "m" and a pack name resolving to the same folder share one model.
+    return ("sentence-transformer", str(Path(path).resolve()) if Path(path).exists() else path, max_seq_length, dtype)
+
+
+def forget_sentence_transformer(model: str, max_seq_length: int | None, dtype: str) -> None:
+    """Drop a loaded model from the shared cache (its memory goes once nothing else holds it)."""
+    from rag.shared import forget
+
+    forget(_sentence_transformer_key(model, max_seq_length, dtype))
+
+
 class SentenceEncoder:
     """Dense text embeddings from a sentence-transformers model, as float32 numpy arrays.
 
     ``model`` is a pack name (``"minilm"``), a local folder or a hub id. With ``normalize`` (the default)
     rows are L2-normalised, so an inner product is a cosine similarity. ``show_progress=None`` shows a
     bar only for long jobs on a terminal. ``dtype="bfloat16"`` runs the network in bfloat16 (output stays
-    float32); float32 is the default until bfloat16 is shown to keep retrieval quality (README).
+    float32); ``dtype="auto"`` measures which of the two is faster here, once (:func:`choose_dtype`).
+    float32 is the default (README: why not ``"auto"`` yet).
     """
 
     def __init__(
@@ -131,7 +227,19 @@ class SentenceEncoder:
     @property
     def backend(self) -> Any:
         """The loaded ``SentenceTransformer`` (loads it on first access)."""
-        return load_sentence_transformer(self.model, self.max_seq_length, self.dtype)
+        return load_sentence_transformer(self.model, self.max_seq_length, self.resolved_dtype)
+
+    @property
+    def resolved_dtype(self) -> str:
+        """``dtype``, or for ``"auto"`` the dtype measured to be faster here (:func:`choose_dtype`)."""
+        if self.dtype != AUTO:
+            return self.dtype
+        return choose_dtype(
+            "sentence-transformer", self.model,
+            lambda dtype: SentenceEncoder(self.model, batch_size=self.batch_size, normalize=self.normalize,
+                                          max_seq_length=self.max_seq_length, show_progress=False, dtype=dtype),
+            lambda dtype: forget_sentence_transformer(self.model, self.max_seq_length, dtype),
+        )
 
     @property
     def dimension(self) -> int:

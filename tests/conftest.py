@@ -46,9 +46,10 @@ def scifact_dir(data_dir: Path) -> Path:
 
 @pytest.fixture(scope="session", autouse=True)
 def _engine_choices_in_a_session_folder(tmp_path_factory: pytest.TempPathFactory):
-    """``engine="auto"`` measures once per session into a temporary folder: the suite neither reads a choice
-    an earlier run (or older code) left in the user's cache nor leaves files for its temporary models there.
-    The model packs stay in the real cache."""
+    """``engine="auto"`` and ``dtype="auto"`` measure once per session into a temporary folder: the suite
+    neither reads a choice an earlier run (or older code) left in the user's cache nor leaves files for its
+    temporary models there. The model packs stay in the real cache."""
+    from rag import encoders
     from rag.generation import calibrate
     from rag.models import cache_dir
 
@@ -57,4 +58,7 @@ def _engine_choices_in_a_session_folder(tmp_path_factory: pytest.TempPathFactory
         original = calibrate._choice_file
         patch.setattr(calibrate, "_choice_file",
                       lambda model, facts: folder / original(model, facts).relative_to(cache_dir()))
+        original_dtype = encoders._dtype_choice_file
+        patch.setattr(encoders, "_dtype_choice_file",
+                      lambda kind, model, facts: folder / original_dtype(kind, model, facts).relative_to(cache_dir()))
         yield

@@ -15,12 +15,9 @@ the torch and llama-cpp-python versions. ``specrag bench engines`` prints the fu
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import platform
 import statistics
-import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -28,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from rag.errors import InputError, SpecragError
+from rag.machine import load_average, machine_facts, machine_key, say
 
 # 2: choices record the machine's load while measuring; version-1 files were written by an engine layer that
 # skipped llama.cpp for GGUF packs split over several files (the Qwen packs), so they are measured again.
@@ -88,42 +86,6 @@ class EngineChoice:
 
     def measure(self, engine: str) -> EngineMeasure | None:
         return next((m for m in self.measures if m.engine == engine), None)
-
-
-def machine_facts() -> dict[str, Any]:
-    """What makes engine timings differ between machines (part of the cache key)."""
-    cpu_model, flags = platform.processor() or platform.machine(), ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
-            for line in handle:
-                if line.startswith("model name") and ":" in line:
-                    cpu_model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags") and ":" in line:
-                    flags = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    facts: dict[str, Any] = {"cpu": cpu_model, "flags_sha": hashlib.sha256(flags.encode()).hexdigest()[:12],
-                             "machine": platform.machine(), "python": platform.python_version()}
-    try:
-        import torch
-
-        facts["torch"] = torch.__version__
-        facts["threads"] = torch.get_num_threads()
-    except ImportError:
-        facts["threads"] = os.cpu_count()
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        facts["llama_cpp_python"] = version("llama-cpp-python")
-    except PackageNotFoundError:  # not installed: llama.cpp is then simply not a candidate
-        facts["llama_cpp_python"] = None
-    return facts
-
-
-def machine_key(facts: dict[str, Any] | None = None) -> str:
-    facts = facts or machine_facts()
-    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _choice_file(model: str, facts: dict[str, Any]) -> Path:
@@ -189,10 +151,6 @@ def _context_length(engine: Any) -> int:
     return int(getattr(config, "max_position_embeddings", 0) or PROMPT_TOKENS + 2 * max(WIDTHS))
 
 
-def _say(message: str) -> None:
-    print(f"[specrag] {message}", file=sys.stderr, flush=True)
-
-
 def choose_engine(model: str, *, refresh: bool = False, candidates: tuple[str, ...] = CANDIDATES,
                   prompt_tokens: int = PROMPT_TOKENS) -> EngineChoice:
     """The fastest engine for ``model`` on this machine: read from the cache, else measured once and cached."""
@@ -210,8 +168,8 @@ def choose_engine(model: str, *, refresh: bool = False, candidates: tuple[str, .
             if choice is not None:
                 _MEMO[(model, str(path))] = choice
                 return choice
-        _say(f"measuring the engines for {model} on this machine (once; cached in {path.parent})")
-        load = _load_average()  # before measuring: our own work is not the machine being busy
+        say(f"measuring the engines for {model} on this machine (once; cached in {path.parent})")
+        load = load_average()  # before measuring: our own work is not the machine being busy
         measures, skipped = [], {}
         for name in candidates:
             try:
@@ -221,7 +179,7 @@ def choose_engine(model: str, *, refresh: bool = False, candidates: tuple[str, .
                 result = measure(engine, prompt_tokens=prompt_tokens)
                 result.load_seconds = load_seconds
                 measures.append(result)
-                _say(f"  {name}: {result.prompt_tokens_per_second:.0f} prompt tokens/s, "
+                say(f"  {name}: {result.prompt_tokens_per_second:.0f} prompt tokens/s, "
                      f"{result.decode_seconds * 1000:.0f} ms per token, typical answer "
                      f"{result.answer_seconds():.2f} s")
             except Exception as exc:  # noqa: BLE001 - a candidate that cannot run here is skipped, with its reason
@@ -244,16 +202,9 @@ def choose_engine(model: str, *, refresh: bool = False, candidates: tuple[str, .
         for m in measures:  # keep only the chosen engine's weights in memory
             if m.engine != best.engine:
                 _forget_engine(model, m.engine, forget)
-        _say(f"engine for {model}: {reason}")
+        say(f"engine for {model}: {reason}")
         _MEMO[(model, str(path))] = choice
         return choice
-
-
-def _load_average() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except (AttributeError, OSError):  # not on every platform
-        return None
 
 
 def _forget_engine(model: str, engine: str, forget: Any) -> None:

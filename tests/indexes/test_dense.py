@@ -230,7 +230,7 @@ def test_unknown_kind_lists_the_supported_kinds() -> None:
 
 
 def test_an_unknown_encoder_dtype_is_refused_at_construction() -> None:
-    with pytest.raises(InputError, match="dtype must be one of float32, bfloat16, got 'float16'"):
+    with pytest.raises(InputError, match="dtype must be one of float32, bfloat16 or 'auto', got 'float16'"):
         DenseIndex(dtype="float16")
 
 

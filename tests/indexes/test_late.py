@@ -214,6 +214,20 @@ def test_config_round_trip() -> None:
     assert build("index", "late") == LateInteractionIndex()
     assert build("index", "late-rerank") == LateRerankIndex()
     assert build("reranker", "maxsim") == MaxSimReranker()
+    for index in (LateInteractionIndex(dtype="bfloat16"), LateRerankIndex(dtype="bfloat16")):
+        assert build("index", json.loads(json.dumps(index.to_config())))._encoder.dtype == "bfloat16"
+    assert build("reranker", {"type": "maxsim", "params": {"dtype": "bfloat16"}}) == MaxSimReranker(dtype="bfloat16")
+    with pytest.raises(InputError, match="dtype must be one of float32, bfloat16"):
+        LateInteractionIndex(dtype="int4")
+
+
+def test_bfloat16_token_vectors_are_float32_unit_vectors_close_to_float32s(encoder: TokenEncoder) -> None:
+    texts = ["Aspirin thins the blood and prevents clots.", "The Eiffel Tower is in Paris."]
+    half = TokenEncoder(dtype="bfloat16")
+    for low, full in zip(half.encode_documents(texts), encoder.encode_documents(texts)):
+        assert low.dtype == np.float32 and low.shape == full.shape
+        assert np.allclose(np.linalg.norm(low, axis=1), 1.0, atol=1e-5)  # normalised after the network, in float32
+        assert (low * full).sum(axis=1).min() > 0.99 and not np.array_equal(low, full)
 
 
 def test_maxsim_reranker_reorders_bm25_hits(encoder: TokenEncoder) -> None:
@@ -292,6 +306,8 @@ def test_colbert_checkpoint_loads_by_path(tmp_path: Path) -> None:
         hidden = enc.backend.bert(input_ids=torch.tensor([ids])).last_hidden_state
         manual = torch.nn.functional.normalize(enc.backend.linear(hidden), dim=-1)[0].numpy()
     assert np.allclose(doc, manual, atol=1e-5)
+    (half,) = TokenEncoder(str(folder), dtype="bfloat16").encode_documents(["Paris is the capital"])
+    assert half.dtype == np.float32 and half.shape == doc.shape and (half * doc).sum(axis=1).min() > 0.99
     idx = LateInteractionIndex(str(folder), nlist=2)
     idx.add(make_chunks(list(DOCS)))
     assert len(idx.search(["capital of France"], k=3)[0]) == 3

@@ -284,9 +284,23 @@ def test_bad_parameters_and_config_round_trip() -> None:
         "type": "splade",
         "params": {
             "model": "splade-tiny", "scale": 50, "max_length": 256, "batch_size": 8,
-            "include_title": False, "threads": 2, "name": "mine",
+            "include_title": False, "threads": 2, "name": "mine", "dtype": "float32",
         },
     }
     assert build("index", json.loads(json.dumps(config))) == idx and build("index", "splade") == SpladeIndex()
     chunk = make_chunks(["paris"])[0]
     assert SpladeIndex().text_of(chunk) == "France " + chunk.text and idx.text_of(chunk) == chunk.text
+
+
+def test_bfloat16_encoder_gives_float32_weights_close_to_float32s(encoder: SpladeEncoder) -> None:
+    texts = ["Aspirin thins the blood and prevents clots.", "The Eiffel Tower is in Paris."]
+    half = SpladeEncoder(dtype="bfloat16")
+    low, full = half.encode_documents(texts), encoder.encode_documents(texts)
+    assert low.dtype == np.float32 and low.shape == full.shape
+    a, b = low.toarray(), full.toarray()
+    cosine = (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    assert cosine.min() > 0.99  # bfloat16 keeps about three significant digits of each logit
+    assert not np.array_equal(a, b)  # the network really ran in the other dtype
+    assert build("index", SpladeIndex(dtype="bfloat16").to_config()).encoder.dtype == "bfloat16"
+    with pytest.raises(InputError, match="dtype must be one of float32, bfloat16"):
+        SpladeIndex(dtype="float16")

@@ -56,7 +56,7 @@ def test_a_choice_measured_on_a_busy_machine_says_so_and_an_older_format_is_meas
     # a version-1 file (written when llama.cpp could not read split GGUF packs) is not trusted
     path.write_text(json.dumps({"format_version": 1, "model": "smollm2-135m", "engine": "llama.cpp", "reason": "",
                                 "measures": []}))
-    monkeypatch.setattr(calibrate, "_load_average", lambda: 3.0 * (os.cpu_count() or 1))
+    monkeypatch.setattr(calibrate, "load_average", lambda: 3.0 * (os.cpu_count() or 1))
     choice = choose_engine("smollm2-135m", candidates=("transformers:float32",), prompt_tokens=64)
     assert choice.engine == "transformers:float32" and choice.load_average == 3.0 * (os.cpu_count() or 1)
     assert "the machine was busy" in choice.reason and str(path) in choice.reason
