@@ -14,8 +14,16 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 @pytest.fixture(scope="module")
 def small_inputs(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    from rag.models import cache_dir
+
     root = tmp_path_factory.mktemp("notebooks")
+    # The kernel's own cache: the packs are the real ones (linked), but the engine and dtype choices it
+    # measures for the temporary tiny model stay here instead of piling up in the user's cache.
+    cache = root / "cache"
+    cache.mkdir()
+    (cache / "packs").symlink_to(cache_dir() / "packs", target_is_directory=True)
     return {
+        "SPECRAG_CACHE": str(cache),
         "SPECRAG_NB_DATA": str(make_tiny_qa(data_dir / SQUAD, root / "tiny-squad", paragraphs=12, questions=4)),
         "SPECRAG_NB_MODEL": str(make_tiny_lm(root / "tiny-lm")),
         "SPECRAG_NB_MAX_NEW_TOKENS": "6",
