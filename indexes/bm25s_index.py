@@ -428,9 +428,7 @@ class BM25sIndex(SavedIndex):
     def _model_of(self, rows: list[np.ndarray]) -> Any:
         """A bm25s model over ``rows`` (term id arrays), its vocabulary the terms that occur plus bm25s's empty token."""
         bm25s = _bm25s()
-        used = np.zeros(len(self._vocab), dtype=bool)
-        for row in rows:
-            used[row] = True
+        used = self._used_terms(rows)
         column = np.cumsum(used) - 1  # vocabulary id -> the model's column
         vocab = {term: int(column[i]) for term, i in self._vocab.items() if used[i]}
         vocab[""] = len(vocab)  # bm25s's empty token: keeps the vocabulary non-empty
@@ -450,11 +448,16 @@ class BM25sIndex(SavedIndex):
         model.nonoccurrence_array = None
         return model
 
+    def _used_terms(self, rows: Iterable[np.ndarray]) -> np.ndarray:
+        """A mask over ``self._vocab``: which ids occur in ``rows``."""
+        used = np.zeros(len(self._vocab), dtype=bool)
+        for row in rows:
+            used[row] = True
+        return used
+
     def _compact_vocabulary(self) -> None:
         """Renumber the term cache so that ``self._vocab`` holds only terms some chunk has."""
-        used = np.zeros(len(self._vocab), dtype=bool)
-        for row in self._term_ids.values():
-            used[row] = True
+        used = self._used_terms(self._term_ids.values())
         new_id = (np.cumsum(used) - 1).astype(np.int32)
         self._vocab = {term: int(new_id[i]) for term, i in self._vocab.items() if used[i]}
         self._term_ids = {chunk_id: new_id[row] for chunk_id, row in self._term_ids.items()}

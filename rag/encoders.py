@@ -160,8 +160,8 @@ def load_sentence_transformer(model: str, max_seq_length: int | None = None, dty
     check_dtype(model, dtype)
     if dtype == AUTO:
         raise InputError(f"encoder {model!r}: resolve dtype 'auto' first (SentenceEncoder.resolved_dtype)")
-    key = _sentence_transformer_key(model, max_seq_length, dtype)
     path = resolve_model_path(model)
+    key = _sentence_transformer_key(path, max_seq_length, dtype)
 
     def load() -> Any:
         st = require("sentence_transformers", "dense")
@@ -177,8 +177,7 @@ def load_sentence_transformer(model: str, max_seq_length: int | None = None, dty
     return shared_model(key, load)
 
 
-def _sentence_transformer_key(model: str, max_seq_length: int | None, dtype: str) -> tuple[Any, ...]:
-    path = resolve_model_path(model)
+def _sentence_transformer_key(path: str, max_seq_length: int | None, dtype: str) -> tuple[Any, ...]:
     # Key by the real path so "./m", "m" and a pack name resolving to the same folder share one model.
     return ("sentence-transformer", str(Path(path).resolve()) if Path(path).exists() else path, max_seq_length, dtype)
 
@@ -187,7 +186,7 @@ def forget_sentence_transformer(model: str, max_seq_length: int | None, dtype: s
     """Drop a loaded model from the shared cache (its memory goes once nothing else holds it)."""
     from rag.shared import forget
 
-    forget(_sentence_transformer_key(model, max_seq_length, dtype))
+    forget(_sentence_transformer_key(resolve_model_path(model), max_seq_length, dtype))
 
 
 class SentenceEncoder:
