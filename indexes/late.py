@@ -20,8 +20,9 @@ loaded as a real ColBERT: BERT, then the linear projection, then L2 normalisatio
 ``[unused0]``/``[unused1]`` query/document markers after ``[CLS]``, queries padded with ``[MASK]`` to 32
 tokens (query augmentation; the mask tokens are not attended to, as in colbertv2.0, but their output
 vectors are kept) and documents keeping every non-padding token (ColBERT's punctuation skip list is not
-applied). ``dtype="bfloat16"`` (every class here) runs the encoder network in bfloat16; the vectors are
-normalised and stored as before (``eval/results/encoders.md`` measures speed and quality).
+applied). ``dtype="bfloat16"`` (every class here) runs the encoder network in bfloat16 (``"auto"``: the
+faster of the two here, :func:`rag.encoders.choose_dtype`); the vectors are normalised and stored as
+before (``eval/results/encoders.md`` measures speed and quality).
 
 **MaxSim.** ``score(q, d) = sum_i max_j <q_i, d_j>`` over the query's and the document's token vectors.
 

@@ -81,10 +81,7 @@ __all__ = ["SpladeEncoder", "SpladeIndex", "quantize"]
 
 def _load_model(model: str, dtype: str = "float32") -> tuple[Any, Any, list[str]]:
     """Tokenizer, masked-LM model (eval mode, in ``dtype``) and vocabulary for ``model``, loaded once per process."""
-    from rag.models import resolve_model
-
-    path = resolve_model(model)
-    key = ("splade", str(Path(path).resolve()) if Path(path).exists() else path, dtype)
+    path, key = _model_key(model, dtype)
 
     def load() -> tuple[Any, Any, list[str]]:
         require("torch", EXTRA)
@@ -100,6 +97,15 @@ def _load_model(model: str, dtype: str = "float32") -> tuple[Any, Any, list[str]
         return tokenizer, network, vocabulary
 
     return shared_model(key, load)
+
+
+def _model_key(model: str, dtype: str) -> tuple[str, tuple[str, str, str]]:
+    """The resolved path of ``model`` and its key in the shared model cache (by real path, so that two
+    spellings of one folder share one model)."""
+    from rag.models import resolve_model
+
+    path = resolve_model(model)
+    return path, ("splade", str(Path(path).resolve()) if Path(path).exists() else path, dtype)
 
 
 def _check_vocabulary(model: str, vocabulary: list[str]) -> None:
@@ -120,8 +126,8 @@ class SpladeEncoder:
     ``max_length`` tokens and encoded in batches of at most ``batch_size`` texts and ``max_batch_tokens``
     padded tokens (texts are sorted by length first, so little is padded; the MLM logits of a batch take
     ``max_batch_tokens * vocab_size * 4`` bytes). ``show_progress=None`` shows a bar only for long jobs on a
-    terminal. ``dtype="bfloat16"`` runs the network in bfloat16 (faster on CPUs with AVX512-BF16 or AMX);
-    the weights come out in float32. Constructing is cheap: the model loads on first use and is shared
+    terminal. ``dtype="bfloat16"`` runs the network in bfloat16 (faster on CPUs with AVX512-BF16 or AMX;
+    ``"auto"`` measures which is faster here); the weights come out in float32. Constructing is cheap: the model loads on first use and is shared
     within the process.
 
         >>> enc = SpladeEncoder()                                  # doctest: +SKIP
@@ -162,18 +168,15 @@ class SpladeEncoder:
     def resolved_dtype(self) -> str:
         """``dtype``, or for ``"auto"`` the dtype measured to be faster here (:func:`rag.encoders.choose_dtype`)."""
         from rag.encoders import AUTO, choose_dtype
-        from rag.models import resolve_model
         from rag.shared import forget
 
         if self.dtype != AUTO:
             return self.dtype
-        path = resolve_model(self.model)
-        key = str(Path(path).resolve()) if Path(path).exists() else path
         return choose_dtype(
             "splade", self.model,
             lambda dtype: SpladeEncoder(self.model, self.batch_size, self.max_length, self.max_batch_tokens,
                                         show_progress=False, dtype=dtype),
-            lambda dtype: forget(("splade", key, dtype)),
+            lambda dtype: forget(_model_key(self.model, dtype)[1]),
         )
 
     @property
@@ -266,7 +269,8 @@ class SpladeIndex(SavedIndex):
     ``scale`` is the quantisation factor (``round(weight * scale)``); ``model``, ``scale``, ``max_length``
     and ``include_title`` (encode ``title + " " + text`` when a chunk has a title, as the dense index does)
     fix the index's contents; ``batch_size`` and ``threads`` (Anserini's indexer and batched search) only its
-    speed; ``dtype`` (``"float32"`` or ``"bfloat16"``) is the encoder network's arithmetic. ``name`` is the
+    speed; ``dtype`` (``"float32"``, ``"bfloat16"`` or ``"auto"``, see :func:`rag.encoders.choose_dtype`) is
+    the encoder network's arithmetic. ``name`` is the
     ``source`` of the hits. Constructing loads no model and starts no Java.
     """
 
