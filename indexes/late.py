@@ -178,6 +178,11 @@ class _ColBERT:
         self.dimension = int(weight.shape[0])
 
 
+def _colbert_key(path: str, dtype: str) -> tuple[str, str, str]:
+    """A ColBERT checkpoint's key in the shared model cache."""
+    return ("colbert", str(Path(path).resolve()), dtype)
+
+
 def _load_state(folder: Path) -> dict[str, Any]:
     if (folder / "model.safetensors").is_file():
         from safetensors.torch import load_file
@@ -244,7 +249,7 @@ class TokenEncoder:
                     colbert.linear.to(getattr(torch, dtype))
                 return colbert
 
-            return shared_model(("colbert", str(Path(path).resolve()), dtype), load)
+            return shared_model(_colbert_key(path, dtype), load)
         return load_sentence_transformer(self.model, dtype=dtype)
 
     @property
@@ -259,7 +264,7 @@ class TokenEncoder:
 
         def release(dtype: str) -> None:
             if is_colbert_checkpoint(path):
-                forget(("colbert", str(Path(path).resolve()), dtype))
+                forget(_colbert_key(path, dtype))
             else:
                 forget_sentence_transformer(self.model, None, dtype)
 
