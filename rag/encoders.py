@@ -76,7 +76,7 @@ def check_dtype(model: str, dtype: str) -> None:
         raise InputError(f"encoder {model!r}: dtype must be one of {', '.join(DTYPES)} or {AUTO!r}, got {dtype!r}")
 
 
-_DTYPE_MEMO: dict[str, str] = {}  # choice file -> dtype, for this process
+_DTYPE_MEMO: dict[tuple[str, str, int, str], str] = {}  # (kind, model, threads, cache) -> dtype, this process
 _DTYPE_LOCK = threading.Lock()
 
 
@@ -98,14 +98,21 @@ def choose_dtype(kind: str, model: str, make: Callable[[str], Any], release: Cal
     without BF16 support it is slower and float32 stays. ``release(dtype)`` drops the model not chosen. The
     retrieval quality of bfloat16 is measured by ``python -m eval.bench_encoders`` (``eval/results/encoders.md``).
     """
-    from rag.machine import machine_facts
+    import torch
 
-    facts = machine_facts()
-    path = _dtype_choice_file(kind, model, facts)
+    from rag.machine import machine_facts
+    from rag.models import cache_dir
+
+    # Encoders ask on every encode call: within a process only the thread count (and the cache folder) can
+    # change what the choice file says, so the memo is keyed by those, and the machine facts (about 20 ms:
+    # /proc/cpuinfo, package versions) are read only on a miss.
+    memo_key = (kind, model, torch.get_num_threads(), str(cache_dir()))
     with _DTYPE_LOCK:  # one measurement at a time: two at once would each time the other's load
-        if str(path) not in _DTYPE_MEMO:
-            _DTYPE_MEMO[str(path)] = _read_or_measure_dtype(path, kind, model, facts, make, release)
-        return _DTYPE_MEMO[str(path)]
+        if memo_key not in _DTYPE_MEMO:
+            facts = machine_facts()
+            path = _dtype_choice_file(kind, model, facts)
+            _DTYPE_MEMO[memo_key] = _read_or_measure_dtype(path, kind, model, facts, make, release)
+        return _DTYPE_MEMO[memo_key]
 
 
 def _read_or_measure_dtype(
