@@ -13,11 +13,26 @@ import json
 import os
 import platform
 import sys
+from functools import lru_cache
 from typing import Any
 
 
 def machine_facts() -> dict[str, Any]:
     """What makes timings differ between machines (part of the cache key)."""
+    facts = dict(_fixed_facts())
+    try:
+        import torch
+
+        facts["threads"] = torch.get_num_threads()
+    except ImportError:
+        facts["threads"] = os.cpu_count()
+    return facts
+
+
+@lru_cache(maxsize=1)
+def _fixed_facts() -> tuple[tuple[str, Any], ...]:
+    """The facts a process cannot change (CPU, flags, versions), read once: about 20 ms, and the auto
+    choices ask for the facts on every call."""
     cpu_model, flags = platform.processor() or platform.machine(), ""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
@@ -35,16 +50,15 @@ def machine_facts() -> dict[str, Any]:
         import torch
 
         facts["torch"] = torch.__version__
-        facts["threads"] = torch.get_num_threads()
     except ImportError:
-        facts["threads"] = os.cpu_count()
+        pass
     from importlib.metadata import PackageNotFoundError, version
 
     try:
         facts["llama_cpp_python"] = version("llama-cpp-python")
     except PackageNotFoundError:  # not installed: llama.cpp is then simply not a candidate
         facts["llama_cpp_python"] = None
-    return facts
+    return tuple(facts.items())
 
 
 def machine_key(facts: dict[str, Any] | None = None) -> str:
