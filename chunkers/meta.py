@@ -19,6 +19,11 @@ run in left-padded batches.
 chunks across their weakest boundaries first, while a merged chunk stays within ``target_tokens``.
 ``max_tokens`` is a hard limit either way: a longer group is cut at its strongest gap.
 
+Both chunkers run their LM on any engine of :mod:`rag.generation.engine` (``engine``: transformers in
+float32 or bfloat16, or llama.cpp reading the pack's GGUF file). The default is ``transformers:float32``
+rather than ``auto`` on purpose: chunk boundaries are what an index is built from, and ``auto`` picks its
+engine by a measurement on each machine, so the same config would chunk differently on two machines.
+
     >>> from chunkers.meta import PerplexityChunker
     >>> chunker = PerplexityChunker(max_tokens=128, target_tokens=96)   # cheap: the LM loads on first use
     >>> chunker.chunk(doc)                                              # doctest: +SKIP
@@ -34,10 +39,7 @@ import numpy as np
 
 from chunkers.text import Span, SpanChunker, check_sizes, segment, sentence_units
 from rag.errors import InputError
-
-# Tokens at the start of a document kept in the bounded KV cache: models put much attention mass on the
-# first positions ("attention sinks", Xiao et al. 2023) and degrade when those keys are dropped.
-SINK_TOKENS = 4
+from rag.generation.engine import engine_param
 
 # The question a small model answered best among those tried (on SQuAD paragraph pairs, SmolLM2-135M
 # ranked the topic change above chance with this wording, and at chance with the paper's "1. split /
@@ -100,14 +102,14 @@ def _check_lm(name: str, max_tokens: int, target_tokens: int | None) -> None:
 
 class _LMChunker(SpanChunker):
     model: str
-    dtype: str
+    engine: str
 
     @property
     def lm(self) -> Any:
-        """The shared :class:`rag.generation.hf.TransformersEngine` (loaded on first use, once per process)."""
-        from rag.generation.hf import load_causal_lm
+        """The model's engine (:mod:`rag.generation.engine`), loaded on first use, once per process."""
+        from rag.generation.engine import load_engine
 
-        return load_causal_lm(self.model, self.dtype)
+        return load_engine(self.model, self.engine, workload="prompt")
 
 
 class PerplexityChunker(_LMChunker):
@@ -118,7 +120,8 @@ class PerplexityChunker(_LMChunker):
     every strict minimum; higher values give longer chunks). ``max_tokens``: hard size limit, and the
     longest sentence unit; ``target_tokens``: dynamic merging up to this size (None: no merging). Sizes
     count tokens of ``tokenizer``. ``window_tokens``: LM tokens per forward pass; ``context_tokens``:
-    preceding LM tokens kept in the KV cache between windows.
+    preceding LM tokens kept in the KV cache between windows; ``engine``: what runs the LM
+    (:data:`rag.generation.engine.ENGINE_NAMES`; ``dtype`` is its deprecated spelling of earlier rounds).
     """
 
     def __init__(
@@ -130,7 +133,8 @@ class PerplexityChunker(_LMChunker):
         tokenizer: str = "minilm",
         window_tokens: int = 512,
         context_tokens: int = 512,
-        dtype: str = "float32",
+        engine: str = "transformers:float32",
+        dtype: str | None = None,
     ) -> None:
         _check_lm("perplexity", max_tokens, target_tokens)
         if threshold < 0:
@@ -147,7 +151,8 @@ class PerplexityChunker(_LMChunker):
         self.tokenizer = tokenizer
         self.window_tokens = window_tokens
         self.context_tokens = context_tokens
-        self.dtype = dtype
+        self.engine = engine_param("perplexity chunker", engine, dtype)
+        self.dtype = None
 
     def sentence_nll(self, text: str, units: Sequence[Span]) -> np.ndarray:
         """Mean token negative log-likelihood of each unit of ``text`` given the text before it (nats).
@@ -163,7 +168,7 @@ class PerplexityChunker(_LMChunker):
             while s < e - 1 and text[s].isspace():  # a token's leading space belongs to the previous unit
                 s += 1
             owner[t] = max(bisect.bisect_right(unit_starts, s) - 1, 0)
-        nll = token_nll(lm, ids, self.window_tokens, self.context_tokens)
+        nll = lm.stream_nll(ids, self.window_tokens, self.context_tokens)
         sums = np.bincount(owner, weights=np.nan_to_num(nll), minlength=len(units))
         counts = np.bincount(owner, weights=~np.isnan(nll), minlength=len(units))
         values = np.full(len(units), np.nan)
@@ -186,66 +191,6 @@ class PerplexityChunker(_LMChunker):
         return spans
 
 
-def token_nll(lm: Any, ids: list[int], window_tokens: int, context_tokens: int) -> np.ndarray:
-    """Negative log-likelihood (nats) of each token given the preceding ones; NaN for the first token.
-
-    One forward pass per window of ``window_tokens``; between windows the KV cache keeps the first
-    :data:`SINK_TOKENS` and the last ``context_tokens`` positions. Positions keep counting, so relative
-    distances stay true; when they would pass the model's trained length the cache is rebuilt from the
-    last ``context_tokens`` tokens at fresh positions.
-    """
-    import torch
-    from transformers import DynamicCache
-
-    nll = np.full(len(ids), np.nan)
-    if not ids:
-        return nll
-    max_positions = int(getattr(lm.model.config, "max_position_embeddings", 0) or 10**9)
-    window_tokens = min(window_tokens, max(max_positions // 2, 1))
-    context_tokens = min(context_tokens, max(max_positions // 2 - SINK_TOKENS, 0))
-    cache, position, last_logits = DynamicCache(), 0, None
-    with torch.inference_mode():
-        for begin in range(0, len(ids), window_tokens):
-            window = ids[begin:begin + window_tokens]
-            if position + len(window) > max_positions:
-                cache, position = DynamicCache(), 0
-                if context_tokens:
-                    context = ids[max(begin - context_tokens, 0):begin]
-                    lm.model(input_ids=torch.tensor([context]), past_key_values=cache, use_cache=True)
-                    position = len(context)
-            positions = torch.arange(position, position + len(window)).unsqueeze(0)
-            logits = lm.model(
-                input_ids=torch.tensor([window]), past_key_values=cache, position_ids=positions, use_cache=True
-            ).logits[0].float()
-            position += len(window)
-            # Logits at position k predict token k + 1; the first token of the window was predicted by the
-            # last logits of the previous window.
-            if last_logits is not None:
-                logits_for = torch.cat([last_logits.unsqueeze(0), logits[:-1]])
-                targets = torch.tensor(window)
-                first = begin
-            else:
-                logits_for, targets, first = logits[:-1], torch.tensor(window[1:]), begin + 1
-            if len(targets):
-                losses = torch.logsumexp(logits_for, dim=-1) - logits_for.gather(1, targets.unsqueeze(1)).squeeze(1)
-                nll[first:first + len(targets)] = losses.numpy()
-            last_logits = logits[-1]
-            _trim_cache(cache, SINK_TOKENS, context_tokens)
-    return nll
-
-
-def _trim_cache(cache: Any, head: int, tail: int) -> None:
-    """Keep the first ``head`` and last ``tail`` positions of every layer of a ``DynamicCache``."""
-    import torch
-
-    for layer in getattr(cache, "layers", []):
-        keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
-        if keys is None or keys.shape[-2] <= head + tail:
-            continue
-        keep = lambda t: torch.cat([t[..., :head, :], t[..., t.shape[-2] - tail:, :]], dim=-2)  # noqa: E731
-        layer.keys, layer.values = keep(keys), keep(values)
-
-
 def _fill_gaps(values: np.ndarray) -> np.ndarray:
     """NaNs replaced by the previous finite value (the next one at the start); all-NaN becomes zeros."""
     finite = np.flatnonzero(np.isfinite(values))
@@ -264,6 +209,7 @@ class MarginChunker(_LMChunker):
     exceeds ``threshold``; ``None`` uses the document's mean margin (a small model's answers are biased
     towards one digit, so a fixed cut-off would split everything or nothing; the paper likewise adapts its
     threshold to the margins seen so far). ``target_tokens`` merges across the lowest margins first.
+    ``engine`` runs the LM, as for :class:`PerplexityChunker`.
     """
 
     def __init__(
@@ -276,7 +222,8 @@ class MarginChunker(_LMChunker):
         context_tokens: int = 64,
         sentence_tokens: int = 64,
         batch_size: int = 16,
-        dtype: str = "float32",
+        engine: str = "transformers:float32",
+        dtype: str | None = None,
     ) -> None:
         _check_lm("margin", max_tokens, target_tokens)
         if threshold is not None and not -1 <= threshold <= 1:
@@ -294,7 +241,8 @@ class MarginChunker(_LMChunker):
         self.context_tokens = context_tokens
         self.sentence_tokens = sentence_tokens
         self.batch_size = batch_size
-        self.dtype = dtype
+        self.engine = engine_param("margin chunker", engine, dtype)
+        self.dtype = None
 
     def _answer_ids(self) -> tuple[int, int]:
         tokenizer = self.lm.tokenizer
@@ -319,20 +267,13 @@ class MarginChunker(_LMChunker):
             ])
             for left, right in pairs
         ]
-        pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
         margins = np.zeros(len(prompts))
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths share a batch
-        with torch.inference_mode():
-            for begin in range(0, len(order), self.batch_size):
-                batch = order[begin:begin + self.batch_size]
-                width = max(len(prompts[i]) for i in batch)
-                # Left padding: every prompt ends at the last position, whose logits give the answer.
-                input_ids = torch.tensor([[pad] * (width - len(prompts[i])) + prompts[i] for i in batch])
-                mask = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in batch])
-                positions = (mask.cumsum(-1) - 1).clamp(min=0)
-                logits = lm.model(input_ids=input_ids, attention_mask=mask, position_ids=positions).logits[:, -1].float()
-                two = torch.softmax(logits[:, [split_id, keep_id]], dim=-1)
-                margins[batch] = (two[:, 0] - two[:, 1]).numpy()
+        for begin in range(0, len(order), self.batch_size):
+            batch = order[begin:begin + self.batch_size]
+            logits = lm.next_token_logits([prompts[i] for i in batch])
+            two = torch.softmax(logits[:, [split_id, keep_id]].float(), dim=-1)
+            margins[batch] = (two[:, 0] - two[:, 1]).numpy()
         return margins
 
     def _pairs(self, text: str, units: Sequence[Span]) -> list[tuple[str, str]]:

@@ -40,6 +40,7 @@ from compressors.base import (
     words,
 )
 from rag.errors import InputError
+from rag.generation.engine import engine_param
 
 
 def _check_windows(name: str, window_tokens: int, batch_size: int) -> None:
@@ -119,7 +120,10 @@ class SurprisalCompressor(_Pruner):
     ``model``: a causal LM (pack name, path or hub id); ``window_tokens``: stream tokens scored per row;
     ``context_tokens``: stream tokens before a window read again at its start (context, not scored);
     ``batch_size``: rows per forward pass; ``question_aware``: condition on the question;
-    ``quantize="int8"``: torch dynamic int8 Linear layers (faster on a CPU, approximate scores; opt-in).
+    ``engine``: what runs the LM (:data:`rag.generation.engine.ENGINE_NAMES`; ``transformers:float32`` by
+    default, so that the same config keeps the same words on every machine; ``dtype`` is its deprecated
+    spelling of earlier rounds); ``quantize="int8"`` (transformers only): torch dynamic int8 Linear layers
+    (faster on a CPU, approximate scores; opt-in).
     """
 
     def __init__(
@@ -131,9 +135,10 @@ class SurprisalCompressor(_Pruner):
         window_tokens: int = 512,
         context_tokens: int = 32,
         batch_size: int = 8,
-        dtype: str = "float32",
+        engine: str = "transformers:float32",
         quantize: str | None = None,
         tokenizer: str = DEFAULT_TOKENIZER,
+        dtype: str | None = None,
     ) -> None:
         check_budget_params("surprisal", rate, target_tokens)
         _check_windows("surprisal", window_tokens, batch_size)
@@ -146,19 +151,26 @@ class SurprisalCompressor(_Pruner):
         self.window_tokens = window_tokens
         self.context_tokens = context_tokens
         self.batch_size = batch_size
-        self.dtype = dtype
+        self.engine = engine_param("surprisal compressor", engine, dtype)
+        if quantize is not None and self.engine == "llama.cpp":
+            raise InputError(f"surprisal compressor: quantize={quantize!r} applies to the transformers engines "
+                             f"only, not {self.engine!r}")
+        self.dtype = None
         self.quantize = quantize
         self.tokenizer = tokenizer
 
     def word_score(self, values: np.ndarray) -> float:
         return float(values.sum())  # self-information adds up over a word's tokens
 
+    @property
+    def lm(self) -> Any:
+        """The model's engine (:mod:`rag.generation.engine`), loaded on first use, once per process."""
+        from rag.generation.engine import load_engine
+
+        return load_engine(self.model, self.engine, quantize=self.quantize, workload="prompt")
+
     def token_scores(self, query: str, texts: list[str]) -> tuple[list[list[tuple[int, int]]], list[np.ndarray]]:
-        import torch
-
-        from rag.generation.hf import load_causal_lm
-
-        lm = load_causal_lm(self.model, self.dtype, self.quantize)
+        lm = self.lm
         tok = lm.tokenizer
         encoded = tok(texts, add_special_tokens=False, return_offsets_mapping=True)
         prefix: list[int] = []
@@ -184,58 +196,20 @@ class SurprisalCompressor(_Pruner):
             origin_token += range(len(ids))
         scores = [np.full(len(ids), np.nan) for ids in encoded["input_ids"]]
         # Rows: prefix + up to ``context_tokens`` stream tokens before the window (read, not scored) + the
-        # window. Hidden states go through the output layer only where they predict a scored token.
+        # window. Stream token i of row (b, e, c) sits at position len(prefix) + i - c; with no prefix the
+        # stream's very first token stays unscored (nothing predicts position 0).
         rows = [(begin, min(begin + self.window_tokens, len(stream)), max(begin - self.context_tokens, 0))
                 for begin in range(0, len(stream), self.window_tokens)]
-        body, head = lm.model.base_model, lm.model.get_output_embeddings()
-        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-        with torch.inference_mode():
-            for first in range(0, len(rows), self.batch_size):
-                batch = rows[first:first + self.batch_size]
-                sequences = [prefix + stream[c:e] for b, e, c in batch]
-                width = max(len(s) for s in sequences)
-                input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-                mask = torch.zeros((len(batch), width), dtype=torch.long)
-                for r, seq in enumerate(sequences):
-                    input_ids[r, :len(seq)] = torch.tensor(seq)
-                    mask[r, :len(seq)] = 1
-                hidden = body(input_ids=input_ids, attention_mask=mask).last_hidden_state
-                # Stream token i of row r sits at len(prefix) + i - c and is predicted one position before.
-                # With no prefix the stream's very first token stays unscored.
-                where = [(r, i, len(prefix) + i - c - 1) for r, (b, e, c) in enumerate(batch)
-                         for i in range(b, e) if origin_text[i] >= 0 and len(prefix) + i - c >= 1]
-                if not where:
-                    continue
-                r_index = torch.tensor([r for r, _, _ in where])
-                p_index = torch.tensor([p for _, _, p in where])
-                targets = torch.tensor([stream[i] for _, i, _ in where])
-                surprisal = _surprisal(head, hidden[r_index, p_index], targets, lm.model.config)
-                for (_, i, _), value in zip(where, surprisal.tolist()):
-                    scores[origin_text[i]][origin_token[i]] = value
+        for first in range(0, len(rows), self.batch_size):
+            batch = rows[first:first + self.batch_size]
+            values = lm.token_nll([prefix + stream[c:e] for b, e, c in batch],
+                                  [len(prefix) + b - c for b, e, c in batch])
+            for (b, e, c), row in zip(batch, values):
+                for i in range(b, e):
+                    value = row[len(prefix) + i - c]
+                    if origin_text[i] >= 0 and np.isfinite(value):
+                        scores[origin_text[i]][origin_token[i]] = value
         return [list(map(tuple, o)) for o in encoded["offset_mapping"]], scores
-
-
-# Output-layer rows per step: bounds the [rows, vocabulary] logits held at once (49,152 floats a row here).
-_HEAD_ROWS = 256
-
-
-def _surprisal(head: Any, hidden: Any, targets: Any, config: Any) -> Any:
-    """``-log p(target)`` from final hidden states: the logsumexp of the logits minus the target's logit.
-
-    Cheaper than the model's own full forward: logits only where a token is scored, and no vocabulary-wide
-    log-softmax copy. Models that soft-cap their logits (Gemma 2) are capped the same way.
-    """
-    import torch
-
-    cap = getattr(config, "final_logit_softcapping", None)
-    out = []
-    for start in range(0, len(hidden), _HEAD_ROWS):
-        logits = head(hidden[start:start + _HEAD_ROWS]).float()
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
-        target = logits.gather(1, targets[start:start + _HEAD_ROWS, None]).squeeze(1)
-        out.append(torch.logsumexp(logits, dim=-1) - target)
-    return torch.cat(out)
 
 
 class ClassifierCompressor(_Pruner):

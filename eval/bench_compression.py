@@ -1,4 +1,4 @@
-"""Compression speed on a long context: surprisal pruning (fp32 and int8) against extractive, in one run.
+"""Compression speed on a long context: surprisal pruning on each engine against extractive, in one run.
 
     python -m eval.bench_compression [--data ../shared/data/squad-v1.1-dev] [--tokens 4000] [--repeats 1]
                                      [--threads 2] [--rate 3]
@@ -9,7 +9,9 @@ load outside the timing), then times ``compress(question, hits)`` at a third of 
 ``--repeats`` the order alternates, so that a change in machine load hits every compressor alike. Each timed
 run is a compressor built for it: an instance keeps the scores of the last question and hits it saw, so a
 second run on the same instance would time only the selection (milliseconds) and halve the mean. Prints
-seconds, tokens/s and the time against fp32 surprisal, then what the scorer's matrix products alone cost
+seconds, tokens/s, the time against fp32 surprisal (the transformers engine in float32, the default) and,
+for the other surprisal variants (bfloat16, llama.cpp on the pack's GGUF file, int8), the share of fp32
+surprisal's kept words they keep too; then what the scorer's matrix products alone cost
 at this CPU's fp32 matrix-multiply rate measured at one of the model's shapes (an estimate of the floor for
 fp32 surprisal: the scorer reads every token once through a 135M-parameter model).
 """
@@ -28,6 +30,8 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad-
 QUESTION = "When was the stadium built?"
 COMPRESSORS: dict[str, tuple[str, dict[str, Any]]] = {
     "surprisal": ("surprisal", {}),
+    "surprisal bf16": ("surprisal", {"engine": "transformers:bfloat16"}),
+    "surprisal llama.cpp": ("surprisal", {"engine": "llama.cpp"}),
     "surprisal int8": ("surprisal", {"quantize": "int8"}),
     "extractive": ("extractive", {}),
     "extractive+surprisal": ("extractive+surprisal", {}),
@@ -116,13 +120,17 @@ def main(argv: list[str] | None = None) -> int:
         f"context: {len(hits)} SQuAD paragraphs, {original:,} generator tokens, compressed {args.rate:g}x; torch threads "
         f"{torch.get_num_threads()}, {os.cpu_count()} CPUs, load average {load:.1f} at start\n"
     )
-    print("| compressor | seconds | tokens/s | kept tokens | x surprisal fp32 time |")
-    print("|---|---:|---:|---:|---:|")
+    print("| compressor | seconds | tokens/s | kept tokens | x surprisal fp32 time | fp32 surprisal's words kept |")
+    print("|---|---:|---:|---:|---:|---:|")
     base = seconds.get("surprisal")
+    base_words = set(contexts["surprisal"].text.split()) if "surprisal" in contexts else None
     for name in names:
         per_run = seconds[name]
         ratio = f"{seconds[name] / base:.2f}" if base else "-"
-        print(f"| {name} | {per_run:.1f} | {original / per_run:,.0f} | {contexts[name].kept_tokens:,} | {ratio} |")
+        same = "-"
+        if base_words and name.startswith("surprisal"):
+            same = f"{len(base_words & set(contexts[name].text.split())) / len(base_words):.1%}"
+        print(f"| {name} | {per_run:.1f} | {original / per_run:,.0f} | {contexts[name].kept_tokens:,} | {ratio} | {same} |")
     lm = load_causal_lm("smollm2-135m")
     scorer_tokens = len(lm.tokenizer("\n\n".join(h.chunk.text for h in hits))["input_ids"])
     parameters = sum(p.numel() for p in lm.model.parameters())  # tied: the embedding is also the output layer

@@ -26,6 +26,11 @@ from typing import Any, Sequence
 
 from rag.errors import InputError
 
+# Positions at the start of a stream that a bounded cache always keeps (:meth:`Engine.stream_nll`): models
+# put much attention mass on the first positions ("attention sinks", Xiao et al. 2023) and degrade when
+# those keys are dropped.
+SINK_TOKENS = 4
+
 # Engine names a user can give; ``auto`` picks one of the others by measurement.
 ENGINE_NAMES: tuple[str, ...] = ("auto", "transformers", "transformers:float32", "transformers:bfloat16", "llama.cpp")
 
@@ -110,6 +115,28 @@ class Engine:
         used by rerankers and chunkers). Sequences are independent: nothing is cached between calls."""
         raise NotImplementedError
 
+    def token_nll(self, sequences: Sequence[Sequence[int]], first: Sequence[int]) -> list[Any]:
+        """Surprisal of each token given the tokens before it in its own sequence, ``-log p`` in nats.
+
+        One float64 numpy array per sequence, NaN before position ``first[i]`` (and always at position 0,
+        which nothing predicts). Sequences are independent and may be scored in one padded batch (used by
+        the surprisal pruner). Logits are computed only where a token is scored.
+        """
+        raise NotImplementedError
+
+    def stream_nll(self, ids: Sequence[int], window_tokens: int, context_tokens: int,
+                   sink_tokens: int = SINK_TOKENS) -> Any:
+        """Surprisal (nats) of each token of one long token stream given the text before it; NaN at 0.
+
+        The stream is read in windows of ``window_tokens``, one forward pass each; between windows the
+        cache keeps the first ``sink_tokens`` positions and the last ``context_tokens`` (StreamingLLM's
+        attention sinks), so each token sees at most that much preceding text and nothing is read twice.
+        Positions keep counting (relative distances stay true); when they would pass the model's trained
+        length, the cache is rebuilt from the last ``context_tokens`` tokens at fresh positions. Used by
+        the perplexity chunker.
+        """
+        raise NotImplementedError
+
     def retain(self, tokens: Sequence[int]) -> None:
         """Keep cached state only for the longest common prefix with ``tokens``. Engines whose sessions share
         one context (llama.cpp) reuse whatever it holds, so a benchmark calls this to give every method the
@@ -176,6 +203,49 @@ def load_engine(model: str, engine: str = "auto", *, quantize: str | None = None
     from rag.generation.llamacpp import load_llama
 
     return load_llama(model)
+
+
+def surprisal(logits: Any, targets: Any) -> Any:
+    """``-log softmax(logits)[target]`` per row (float32 torch tensors in, out): the logsumexp of a row minus
+    its target's logit, without a vocabulary-wide log-softmax copy."""
+    import torch
+
+    logits = logits.float()
+    return torch.logsumexp(logits, dim=-1) - logits.gather(1, targets[:, None]).squeeze(1)
+
+
+def score_window(nll: Any, begin: int, window: Sequence[int], logits: Any, last_logits: Any) -> Any:
+    """:meth:`Engine.stream_nll`'s bookkeeping, shared by the engines: write the surprisal of the window's
+    tokens into ``nll`` from its logits (position k predicts token k + 1; the window's first token was
+    predicted by the previous window's last logits); return the last logits for the next window."""
+    import torch
+
+    if last_logits is not None:
+        logits_for, targets, first = torch.cat([last_logits.unsqueeze(0), logits[:-1]]), torch.tensor(list(window)), begin
+    else:
+        logits_for, targets, first = logits[:-1], torch.tensor(list(window[1:])), begin + 1
+    if len(targets):
+        nll[first:first + len(targets)] = surprisal(logits_for, targets).numpy()
+    return logits[-1]
+
+
+def check_stream(window_tokens: int, context_tokens: int, sink_tokens: int) -> None:
+    """The arguments of :meth:`Engine.stream_nll`, checked the same way by every engine."""
+    if window_tokens < 1 or context_tokens < 0 or sink_tokens < 0:
+        raise InputError(f"stream_nll: window_tokens must be at least 1 and context_tokens, sink_tokens at "
+                         f"least 0, got {window_tokens}, {context_tokens}, {sink_tokens}")
+
+
+def engine_param(owner: str, engine: str, dtype: str | None = None) -> str:
+    """A component's ``engine`` parameter, canonical, with the ``dtype`` parameter of earlier rounds (the
+    chunkers' and the pruner's; deprecated, kept so that saved configs still load) mapped onto it."""
+    if dtype is not None:
+        import warnings
+
+        warnings.warn(f"{owner}: dtype={dtype!r} is deprecated; use engine='transformers:{dtype}'",
+                      DeprecationWarning, stacklevel=3)
+        engine = f"transformers:{dtype}"
+    return canonical_engine(engine)
 
 
 def first_divergence(a: Sequence[int], b: Sequence[int]) -> int | None:

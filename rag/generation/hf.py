@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from rag.errors import InputError
-from rag.generation.engine import Engine, Session, eos_ids
+from rag.generation.engine import SINK_TOKENS, Engine, Session, check_stream, eos_ids, score_window, surprisal
 from rag.lazy import require
 from rag.shared import shared_model
 
@@ -55,6 +55,101 @@ class TransformersEngine(Engine):
             out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False,
                              logits_to_keep=1)
         return out.logits[:, -1].float()
+
+
+    def token_nll(self, sequences: Sequence[Sequence[int]], first: Sequence[int]) -> list[Any]:
+        import numpy as np
+        import torch
+
+        if len(first) != len(sequences):
+            raise InputError(f"token_nll: {len(sequences)} sequences but {len(first)} first positions")
+        out = [np.full(len(ids), np.nan) for ids in sequences]
+        # (row, position) of every scored token; its logits come from the hidden state one position earlier.
+        where = [(r, p) for r, ids in enumerate(sequences) for p in range(max(first[r], 1), len(ids))]
+        if not where:
+            return out
+        width = max(len(ids) for ids in sequences)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        input_ids = torch.full((len(sequences), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        for r, ids in enumerate(sequences):  # right padding: positions count from 0 in every row
+            input_ids[r, :len(ids)] = torch.tensor(list(ids))
+            mask[r, :len(ids)] = 1
+        with torch.inference_mode():
+            # The body's hidden states, then the output layer only where a token is scored: cheaper than the
+            # model's full forward, whose logits cover every position.
+            hidden = self.model.base_model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+            rows = torch.tensor([r for r, _ in where])
+            positions = torch.tensor([p for _, p in where])
+            targets = input_ids[rows, positions]
+            values = _head_surprisal(self.model, hidden[rows, positions - 1], targets).tolist()
+        for (r, p), value in zip(where, values):
+            out[r][p] = value
+        return out
+
+    def stream_nll(self, ids: Sequence[int], window_tokens: int, context_tokens: int,
+                   sink_tokens: int = SINK_TOKENS) -> Any:
+        import numpy as np
+        import torch
+        from transformers import DynamicCache
+
+        check_stream(window_tokens, context_tokens, sink_tokens)
+        ids = list(ids)
+        nll = np.full(len(ids), np.nan)
+        if not ids:
+            return nll
+        max_positions = int(getattr(self.model.config, "max_position_embeddings", 0) or 10**9)
+        window_tokens = min(window_tokens, max(max_positions // 2, 1))
+        context_tokens = min(context_tokens, max(max_positions // 2 - sink_tokens, 0))
+        cache, position, last_logits = DynamicCache(), 0, None
+        with torch.inference_mode():
+            for begin in range(0, len(ids), window_tokens):
+                window = ids[begin:begin + window_tokens]
+                if position + len(window) > max_positions:
+                    cache, position = DynamicCache(), 0
+                    if context_tokens:
+                        context = ids[max(begin - context_tokens, 0):begin]
+                        self.model(input_ids=torch.tensor([context]), past_key_values=cache, use_cache=True)
+                        position = len(context)
+                positions = torch.arange(position, position + len(window)).unsqueeze(0)
+                logits = self.model(input_ids=torch.tensor([window]), past_key_values=cache, position_ids=positions,
+                                    use_cache=True).logits[0].float()
+                position += len(window)
+                last_logits = score_window(nll, begin, window, logits, last_logits)
+                _trim_cache(cache, sink_tokens, context_tokens)
+        return nll
+
+
+def _trim_cache(cache: Any, head: int, tail: int) -> None:
+    """Keep the first ``head`` and last ``tail`` positions of every layer of a ``DynamicCache``."""
+    import torch
+
+    for layer in getattr(cache, "layers", []):
+        keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
+        if keys is None or keys.shape[-2] <= head + tail:
+            continue
+        keep = lambda t: torch.cat([t[..., :head, :], t[..., t.shape[-2] - tail:, :]], dim=-2)  # noqa: E731
+        layer.keys, layer.values = keep(keys), keep(values)
+
+
+# Output-layer rows per step: bounds the [rows, vocabulary] logits held at once (49,152 floats a row for
+# SmolLM2, 151,936 for Qwen2.5).
+_HEAD_ROWS = 256
+
+
+def _head_surprisal(model: Any, hidden: Any, targets: Any) -> Any:
+    """``-log p(target)`` from final hidden states through the output layer, ``_HEAD_ROWS`` rows at a time.
+    Models that soft-cap their logits (Gemma 2) are capped as their own forward does."""
+    import torch
+
+    head, cap = model.get_output_embeddings(), getattr(model.config, "final_logit_softcapping", None)
+    out = []
+    for start in range(0, len(hidden), _HEAD_ROWS):
+        logits = head(hidden[start:start + _HEAD_ROWS]).float()
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        out.append(surprisal(logits, targets[start:start + _HEAD_ROWS]))
+    return torch.cat(out)
 
 
 class TransformersSession(Session):

@@ -24,7 +24,16 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from rag.errors import InputError, SpecragError
-from rag.generation.engine import Engine, Session, common_prefix, eos_ids
+from rag.generation.engine import (
+    SINK_TOKENS,
+    Engine,
+    Session,
+    check_stream,
+    common_prefix,
+    eos_ids,
+    score_window,
+    surprisal,
+)
 from rag.lazy import require
 from rag.shared import shared_model
 
@@ -98,6 +107,7 @@ class LlamaCppEngine(Engine):
                                       verbose=False)
         self.n_ctx = llama_cpp.llama_n_ctx(self._llama.ctx)
         self.n_vocab = self._llama.n_vocab()
+        self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(self._llama.model)
         self._memory = llama_cpp.llama_get_memory(self._llama.ctx)
         self._batch = llama_cpp.llama_batch_init(BATCH_TOKENS, 0, 1)
         self._held: list[int] = []  # the tokens the context's sequence 0 holds now
@@ -119,6 +129,69 @@ class LlamaCppEngine(Engine):
             for ids in sequences:  # one after another in sequence 0, each reusing its common prefix
                 rows.append(self.run(ids, [], last_only=True)[-1])
         return torch.from_numpy(self._np.stack(rows))
+
+    def token_nll(self, sequences: Sequence[Sequence[int]], first: Sequence[int]) -> list[Any]:
+        import torch
+
+        if len(first) != len(sequences):
+            raise InputError(f"token_nll: {len(sequences)} sequences but {len(first)} first positions")
+        out = []
+        with self._lock:
+            for ids, start in zip(sequences, first):  # one after another, each reusing its common prefix
+                ids = list(ids)
+                values = self._np.full(len(ids), self._np.nan)
+                # Logits at positions p - 1 score tokens p; a block at a time bounds the [tokens, vocabulary]
+                # logits held at once.
+                for begin in range(max(start, 1), len(ids), BATCH_TOKENS):
+                    end = min(begin + BATCH_TOKENS, len(ids))
+                    logits = self.run(ids[:begin - 1], ids[begin - 1:end - 1], last_only=False)
+                    values[begin:end] = surprisal(torch.from_numpy(logits), torch.tensor(ids[begin:end])).numpy()
+                out.append(values)
+        return out
+
+    def stream_nll(self, ids: Sequence[int], window_tokens: int, context_tokens: int,
+                   sink_tokens: int = SINK_TOKENS) -> Any:
+        import torch
+
+        check_stream(window_tokens, context_tokens, sink_tokens)
+        ids = list(ids)
+        nll = self._np.full(len(ids), self._np.nan)
+        if not ids:
+            return nll
+        # The same limits as the transformers engine's, from the trained length; the context's cells bound
+        # what the cache can hold at once.
+        max_positions = self.n_ctx_train
+        window_tokens = min(window_tokens, max(min(max_positions, self.n_ctx) // 2, 1))
+        context_tokens = min(context_tokens, max(min(max_positions, self.n_ctx) // 2 - sink_tokens, 0))
+        with self._lock:
+            # The stream uses the context on its own: positions with gaps (the trimmed middle) are no token
+            # list a session could share, so the context is emptied before and after.
+            self._clear()
+            try:
+                position, last_logits = 0, None
+                for begin in range(0, len(ids), window_tokens):
+                    window = ids[begin:begin + window_tokens]
+                    if position + len(window) > max_positions:
+                        self._clear()
+                        context = ids[max(begin - context_tokens, 0):begin] if context_tokens else []
+                        if context:
+                            self._decode(context, 0, len(context))
+                        position = len(context)
+                    logits = torch.from_numpy(self._decode(window, position, 0))
+                    position += len(window)
+                    last_logits = score_window(nll, begin, window, logits, last_logits)
+                    # Keep the first ``sink_tokens`` positions and the last ``context_tokens``.
+                    if position - context_tokens > sink_tokens and not self._ll.llama_memory_seq_rm(
+                            self._memory, 0, sink_tokens, position - context_tokens):
+                        raise EngineError(f"llama.cpp: the cache of {self.spec} cannot drop positions from its "
+                                          "middle (a recurrent or sliding-window model); stream_nll needs that")
+            finally:
+                self._clear()
+        return nll
+
+    def _clear(self) -> None:
+        self._ll.llama_memory_clear(self._memory, True)
+        del self._held[:]
 
     def retain(self, tokens: Sequence[int]) -> None:
         with self._lock:
@@ -151,7 +224,7 @@ class LlamaCppEngine(Engine):
 
     def _decode(self, pending: list[int], start: int, first_output: int) -> Any:
         """``llama_decode`` over ``pending`` (positions from ``start``) in batches; logits from index
-        ``first_output`` of ``pending`` on."""
+        ``first_output`` of ``pending`` on (None when that is past its end)."""
         np, ll, batch = self._np, self._ll, self._batch
         rows = []
         for begin in range(0, len(pending), BATCH_TOKENS):
@@ -174,6 +247,8 @@ class LlamaCppEngine(Engine):
             if outputs:
                 rows.append(np.ctypeslib.as_array(ll.llama_get_logits(self._llama.ctx),
                                                   shape=(outputs, self.n_vocab)).copy())
+        if not rows:
+            return None
         return np.concatenate(rows) if len(rows) > 1 else rows[0]
 
 

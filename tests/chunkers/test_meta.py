@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from chunkers.meta import MarginChunker, PerplexityChunker, dynamic_merge, local_minima, token_nll
+from chunkers.meta import MarginChunker, PerplexityChunker, dynamic_merge, local_minima
 from chunkers.text import count_tokens, segment, sentence_units
 from rag.errors import InputError
 from rag.registry import build
@@ -64,28 +64,9 @@ def test_segment_cuts_long_groups_at_their_strongest_gap_and_merges_short_ones()
 
 @pytest.fixture(scope="module")
 def lm():
-    from rag.generation.hf import load_causal_lm
+    from rag.generation.engine import load_engine
 
-    return load_causal_lm("smollm2-135m")
-
-
-def test_windowed_nll_with_kv_cache_equals_one_pass(lm):
-    ids = lm.tokenizer(RAINFOREST, add_special_tokens=False)["input_ids"]
-    assert len(ids) > 48
-    full = token_nll(lm, ids, window_tokens=len(ids), context_tokens=len(ids))
-    windowed = token_nll(lm, ids, window_tokens=20, context_tokens=len(ids))
-    assert np.isnan(full[0]) and np.isnan(windowed[0])
-    np.testing.assert_allclose(windowed[1:], full[1:], atol=2e-3)
-    bounded = token_nll(lm, ids, window_tokens=16, context_tokens=24)  # the cache is trimmed between windows
-    np.testing.assert_allclose(bounded[1:32], full[1:32], atol=2e-3)  # identical until the first trim (32 tokens)
-    assert np.corrcoef(bounded[1:], full[1:])[0, 1] > 0.9
-
-
-def test_nll_restarts_the_cache_before_the_models_trained_length(lm, monkeypatch):
-    ids = lm.tokenizer(RAINFOREST, add_special_tokens=False)["input_ids"]
-    monkeypatch.setattr(lm.model.config, "max_position_embeddings", 32)
-    nll = token_nll(lm, ids, window_tokens=16, context_tokens=8)
-    assert len(ids) > 32 and np.isfinite(nll[1:]).all()
+    return load_engine("smollm2-135m", "transformers:float32")
 
 
 @pytest.fixture(scope="module")
@@ -134,16 +115,22 @@ def test_margin_sampling_batches_equal_single_prompts_and_split_near_the_topic_c
 
 
 def test_lm_chunkers_are_cheap_to_build_and_round_trip(monkeypatch):
-    import rag.generation.hf
+    import rag.generation.engine
 
-    monkeypatch.setattr(rag.generation.hf, "load_causal_lm", lambda *a, **k: pytest.fail("the constructor loaded the LM"))
+    monkeypatch.setattr(rag.generation.engine, "load_engine", lambda *a, **k: pytest.fail("the constructor loaded the LM"))
     for spec in (
         {"type": "perplexity", "params": {"threshold": 0.5, "target_tokens": 64, "window_tokens": 128}},
-        {"type": "margin", "params": {"threshold": 0.1, "max_tokens": 100, "batch_size": 4}},
+        {"type": "margin", "params": {"threshold": 0.1, "max_tokens": 100, "batch_size": 4, "engine": "llama.cpp"}},
     ):
         chunker = build("chunker", spec)
         assert build("chunker", chunker.to_config()) == chunker
         assert chunker.chunk(Document(text=" \n ", id="w")) == []
+    assert build("chunker", {"type": "margin"}).engine == "transformers:float32"  # the same chunks on every machine
+    with pytest.warns(DeprecationWarning, match="use engine='transformers:bfloat16'"):  # configs of earlier rounds
+        old = build("chunker", {"type": "perplexity", "params": {"dtype": "bfloat16"}})
+    assert old.engine == "transformers:bfloat16" and build("chunker", old.to_config()) == old
+    with pytest.raises(InputError, match="unknown engine 'cuda'"):
+        PerplexityChunker(engine="cuda")
     with pytest.raises(InputError, match="target_tokens must be in"):
         PerplexityChunker(max_tokens=100, target_tokens=200)
     with pytest.raises(InputError, match="threshold must be in"):
@@ -169,3 +156,21 @@ def test_merging_joins_fine_chunks_up_to_the_target_under_the_hard_maximum(lm):
             assert size <= 60
             assert size <= target or (chunk.start, chunk.end) in fine_spans  # only a lone fine chunk may pass it
     assert len(fine) >= counts[30] >= counts[60] and counts[60] < len(fine)
+
+
+def test_lm_chunkers_on_llama_cpp_find_the_same_topic_changes():
+    """The GGUF pack through llama.cpp: perplexity values and margins close to the transformers engine's,
+    and the chunks still split the unrelated paragraphs near their topic change."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is built by `make install`")
+    text = f"{BREAD} {RAINFOREST}"
+    reference = PerplexityChunker(max_tokens=200)
+    units = sentence_units(text, reference.token_starts(text), 200)
+    llama = PerplexityChunker(max_tokens=200, engine="llama.cpp")
+    np.testing.assert_allclose(llama.sentence_nll(text, units), reference.sentence_nll(text, units), atol=0.15)
+    docs = [Document(text=f"{a} {b}", id=f"pair{i}") for i, (a, b) in enumerate(PAIRS)]
+    chunks = PerplexityChunker(max_tokens=200, target_tokens=80, engine="llama.cpp").chunk_many(docs)
+    found = [_near_change([c for c in chunks if c.doc_id == f"pair{i}"], a, b) for i, (a, b) in enumerate(PAIRS)]
+    assert sum(found) >= 2, found
+    pairs = [("Knead the dough.", "Let it rise."), ("Jaguars live there.", "Python is a language with a long name.")]
+    margins = MarginChunker(engine="llama.cpp").margins(pairs)
+    np.testing.assert_allclose(margins, MarginChunker().margins(pairs), atol=0.15)

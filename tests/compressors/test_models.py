@@ -128,6 +128,29 @@ def test_int8_surprisal_keeps_the_budget_and_mostly_the_same_words():
     assert len(same) >= 0.7 * len(set(full.text.split()))  # approximate scores, much the same choice
 
 
+def test_surprisal_on_llama_cpp_scores_close_to_transformers_and_keeps_the_budget():
+    import numpy as np
+
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is built by `make install`")
+    hits = hits_of(PASSAGES[:2])
+    texts = [h.chunk.text for h in hits]
+    llama = SurprisalCompressor(rate=0.5, engine="llama.cpp", window_tokens=24, context_tokens=8, batch_size=2)
+    reference = SurprisalCompressor(rate=0.5, window_tokens=24, context_tokens=8, batch_size=2)
+    for ours, theirs in zip(llama.token_scores(QUESTION, texts)[1], reference.token_scores(QUESTION, texts)[1]):
+        assert np.array_equal(np.isnan(ours), np.isnan(theirs))  # the same tokens scored
+        np.testing.assert_allclose(ours, theirs, atol=0.5)  # the GGUF's 4-bit weights, 8-bit activations
+        assert np.corrcoef(ours[np.isfinite(ours)], theirs[np.isfinite(theirs)])[0, 1] > 0.99
+    context = llama.compress(QUESTION, hits)
+    check_context(context, hits)
+    same = set(context.text.split()) & set(reference.compress(QUESTION, hits).text.split())
+    assert len(same) >= 0.8 * len(set(context.text.split()))
+    assert build("compressor", llama.to_config()) == llama
+    with pytest.raises(InputError, match="applies to the transformers engines only"):
+        SurprisalCompressor(rate=0.5, engine="llama.cpp", quantize="int8")
+    with pytest.warns(DeprecationWarning):  # configs of earlier rounds
+        assert SurprisalCompressor(rate=0.5, dtype="bfloat16").engine == "transformers:bfloat16"
+
+
 def test_surprisal_windows_and_batches_give_the_same_budgeted_result_shape():
     long_text = " ".join(PASSAGES * 2)
     hits = hits_of([long_text, PASSAGES[1]])

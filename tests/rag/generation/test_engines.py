@@ -9,6 +9,7 @@ a bug.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -161,3 +162,72 @@ def test_llama_cpp_and_transformers_read_the_same_prompt_tokens():
 def test_quantize_is_refused_on_a_non_transformers_engine():
     with pytest.raises(InputError, match="transformers engine only"):
         load_engine("smollm2-135m", "llama.cpp", quantize="int8")
+
+
+# -- scoring text: token_nll (the surprisal pruner) and stream_nll (the perplexity chunker) ---------------
+
+TEXT = ("The Amazon rainforest covers much of the Amazon basin of South America. Jaguars, tapirs and many "
+        "kinds of parrots live there. Python is a programming language that lets you work quickly and "
+        "integrate systems more effectively. Its standard library is large.")
+
+
+def reference_nll(ids: list[int]) -> torch.Tensor:
+    """Surprisal of each token from one plain float32 forward pass of the transformers model (position 0 is
+    predicted by nothing)."""
+    lm = load_engine("smollm2-135m", "transformers:float32")
+    with torch.inference_mode():
+        logits = lm.model(input_ids=torch.tensor([ids])).logits[0].float()
+    return -torch.log_softmax(logits[:-1], dim=-1).gather(1, torch.tensor(ids[1:])[:, None]).squeeze(1)
+
+
+@pytest.mark.parametrize("name", ENGINES)
+def test_token_nll_of_padded_rows_is_each_rows_own_surprisal(name):
+    lm = engine_or_skip(name)
+    ids = lm.tokenizer(TEXT, add_special_tokens=False)["input_ids"]
+    reference = reference_nll(ids).numpy()
+    short, long = ids[:20], ids
+    rows = lm.token_nll([short, long], first=[5, 0])
+    assert [len(r) for r in rows] == [20, len(ids)]
+    assert np.isnan(rows[0][:5]).all() and np.isnan(rows[1][0]) and np.isfinite(rows[1][1:]).all()
+    # float32 matches the plain forward pass; bfloat16 and llama.cpp (8-bit activations against the
+    # GGUF's 4-bit weights) stay close to it, token by token.
+    tolerance = {"transformers:float32": 1e-3, "transformers:bfloat16": 0.5, "llama.cpp": 0.5}[name]
+    np.testing.assert_allclose(rows[1][1:], reference, atol=tolerance)
+    np.testing.assert_allclose(rows[0][5:], reference[4:19], atol=tolerance)
+    assert np.corrcoef(rows[1][1:], reference)[0, 1] > 0.99
+
+
+@pytest.mark.parametrize("name", ENGINES)
+def test_stream_nll_in_windows_with_a_bounded_cache(name):
+    lm = engine_or_skip(name)
+    ids = lm.tokenizer(TEXT, add_special_tokens=False)["input_ids"]
+    assert len(ids) > 40
+    whole = lm.stream_nll(ids, window_tokens=len(ids), context_tokens=len(ids))
+    windowed = lm.stream_nll(ids, window_tokens=12, context_tokens=len(ids))
+    assert np.isnan(whole[0]) and np.isnan(windowed[0]) and np.isfinite(windowed[1:]).all()
+    # Reading in windows over a carried cache gives one pass's values (up to the summation order).
+    np.testing.assert_allclose(windowed[1:], whole[1:], atol=0.05 if name == "transformers:float32" else 0.35)
+    bounded = lm.stream_nll(ids, window_tokens=8, context_tokens=16)  # trimmed to 4 + 16 between windows
+    np.testing.assert_allclose(bounded[1:24], windowed[1:24], atol=0.05 if name == "transformers:float32" else 0.35)
+    assert np.corrcoef(bounded[1:], whole[1:])[0, 1] > 0.9
+    assert not np.allclose(bounded[30:], whole[30:], atol=1e-3)  # the trimmed cache does change late tokens
+    if name == "llama.cpp":  # the stream used the shared context alone and left it empty
+        assert lm._held == []
+        session = lm.new_session()
+        np.testing.assert_allclose(session.prefill(ids[:10]).numpy(), lm.new_session().prefill(ids[:10]).numpy(),
+                                   atol=1e-4)
+    with pytest.raises(InputError, match="window_tokens must be at least 1"):
+        lm.stream_nll(ids, window_tokens=0, context_tokens=4)
+
+
+def test_stream_nll_restarts_the_cache_before_the_models_trained_length(monkeypatch):
+    lm = load_engine("smollm2-135m", "transformers:float32")
+    ids = lm.tokenizer(TEXT, add_special_tokens=False)["input_ids"]
+    monkeypatch.setattr(lm.model.config, "max_position_embeddings", 32)
+    nll = lm.stream_nll(ids, window_tokens=16, context_tokens=8)
+    assert len(ids) > 32 and np.isfinite(nll[1:]).all()
+    llama = engine_or_skip("llama.cpp")
+    monkeypatch.setattr(llama, "n_ctx_train", 32)
+    reset = llama.stream_nll(ids, window_tokens=16, context_tokens=8)
+    assert np.isfinite(reset[1:]).all()
+    np.testing.assert_allclose(reset[1:], nll[1:], atol=0.35)  # the same restarts as the transformers engine
