@@ -3,9 +3,11 @@
 Everything in specrag that runs a causal LM (the grounded generator and its speculative loop, the draft
 model, LLM rerankers, LM-based chunkers and pruners) talks to an :class:`Engine`: it tokenizes and renders
 chats (always with the model's Hugging Face tokenizer, so every engine reads the same token ids), opens
-:class:`Session` objects that hold a KV cache over one token sequence, and scores batches of sequences. A
-session feeds tokens and returns logits at the positions asked for, crops its cache to a length
-(speculative rollback) and copies itself (a cached system-prompt prefix reused for each question).
+:class:`Session` objects that hold a KV cache over one token sequence, and scores text. A session feeds
+tokens and returns logits at the positions asked for, crops its cache to a length (speculative rollback)
+and copies itself (a cached system-prompt prefix reused for each question). Scoring: next-token logits
+after a batch of prompts (rerankers, the margin chunker), each token's surprisal in a batch of rows (the
+surprisal pruner) and in one long stream read with a bounded cache (the perplexity chunker).
 
 Engines, by name (:func:`load_engine`):
 
@@ -13,8 +15,10 @@ Engines, by name (:func:`load_engine`):
   or hub id) through transformers, in the dtype named (:mod:`rag.generation.hf`);
 - ``llama.cpp``: the pack's GGUF file (or a ``.gguf`` path) through llama-cpp-python's low-level batch API
   (:mod:`rag.generation.llamacpp`);
-- ``auto`` (the default of every component): the engine a short measurement on this machine found
-  fastest for a typical RAG answer, cached per machine and model (:mod:`rag.generation.calibrate`).
+- ``auto`` (the default of the generator and the LLM rerankers): the engine a short measurement on this
+  machine found fastest for a typical RAG answer, cached per machine and model
+  (:mod:`rag.generation.calibrate`). The chunkers and the pruner default to ``transformers:float32``: what
+  they produce is stored (chunk boundaries, kept words), so it must not depend on the machine.
 
 The same model in two engines (or two dtypes) can choose a different token where two logits nearly tie:
 losslessness of speculative decoding is always judged against the same engine's own plain greedy decoding.
