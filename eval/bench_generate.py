@@ -42,7 +42,8 @@ HEADLINE = "ours_combined"  # the default generator's configuration, named befor
 DEFAULT_ENGINES = "transformers:float32,transformers:bfloat16,llama.cpp"
 OUR_DRAFTERS = {"ours_ngram": ["ngram"], "ours_sam": ["sam"], "ours_combined": ["sam", "ngram"],
                 "ours_combined_fresh": ["sam", "ngram"], "ours_model": ["model"],
-                "ours_combined_model": ["sam", "ngram", "model"]}
+                "ours_combined_model": ["sam", "ngram", "model"], "ours_recycling": ["recycling"],
+                "ours_combined_recycling": ["sam", "ngram", "recycling"]}
 HF_METHODS = ("hf_generate", "hf_prompt_lookup", "hf_assisted")
 
 
@@ -229,7 +230,7 @@ def bench_generate(args: argparse.Namespace, methods_wanted: list[str]) -> dict[
     """Run every method on every engine, interleaved; print the tables; return the summary (the JSON line)."""
     import torch
 
-    from rag.generation.drafters import build_drafter
+    from rag.generation.drafters import RecycleTable, build_drafter
     from rag.generation.engine import first_divergence, load_engine
     from rag.generation.generator import GroundedGenerator
     from rag.generation.speculative import DEFAULT_WIDTH_COSTS, AcceptanceTracker, WidthPolicy, measure_width_costs
@@ -270,10 +271,14 @@ def bench_generate(args: argparse.Namespace, methods_wanted: list[str]) -> dict[
                 methods[method] = (lambda lm, g: lambda p: run_ours(lm, p, None, args.max_new_tokens, g, None, None))(
                     lm, generator)
             elif method in OUR_DRAFTERS:
-                tracker = AcceptanceTracker()
-                methods[method] = (lambda lm, names, g, costs, tracker, draft: lambda p: run_ours(
-                    lm, p, build_drafter(names, draft_lm=draft), args.max_new_tokens, g, WidthPolicy(costs), tracker))(
-                    lm, OUR_DRAFTERS[method], fresh if method.endswith("_fresh") else generator, costs, tracker, draft)
+                # What a method learns carries over from prompt to prompt, as in the generator: acceptance
+                # rates, and token recycling's table (the paper's hot start).
+                tracker, recycle = AcceptanceTracker(), RecycleTable()
+                methods[method] = (lambda lm, names, g, costs, tracker, recycle, draft: lambda p: run_ours(
+                    lm, p, build_drafter(names, draft_lm=draft, recycle=recycle), args.max_new_tokens, g,
+                    WidthPolicy(costs), tracker))(
+                    lm, OUR_DRAFTERS[method], fresh if method.endswith("_fresh") else generator, costs, tracker,
+                    recycle, draft)
             elif name.startswith("transformers"):
                 options = {"hf_generate": {}, "hf_prompt_lookup": {"prompt_lookup_num_tokens": 10},
                            "hf_assisted": {"assistant_model": getattr(draft, "model", None)}}[method]

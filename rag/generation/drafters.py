@@ -13,11 +13,17 @@ A RAG answer copies phrases from its passages, so most drafts here are looked up
   with the target's. It stops drafting when its own confidence drops (SVIP-style): a token the draft
   model itself doubts is likely to be rejected, and the width policy uses the confidences as acceptance
   estimates.
+- :class:`RecyclingDrafter`: Token Recycling (Luo et al., 2024). The target's own candidates are kept:
+  after every pass, each token fed gets the top ``k`` tokens the target predicted after it (an adjacency
+  table, ``vocabulary x k`` int32, kept across answers), and the draft follows the top candidates from the
+  last token. Model-free and cheap; it drafts the parts of an answer that are not copied from a passage.
 - :class:`CombinedDrafter`: per step the model-free drafter with the longest match, falling back to the
-  draft model when no match is long enough.
+  draft model (or to token recycling) when no match is long enough.
 
 Every drafter has ``start(prompt_ids, temperature, generator)`` and ``propose(tokens, k) -> Draft``,
-where ``tokens`` is the whole sequence so far (prompt and accepted output), which only grows.
+where ``tokens`` is the whole sequence so far (prompt and accepted output), which only grows. A drafter
+that learns from the target's passes also has ``observe(fed, logits)``: the tokens of a pass and the
+target's logits at each of them (the speculative loop calls it after every pass).
 """
 
 from __future__ import annotations
@@ -258,6 +264,67 @@ class DraftModelDrafter:
                      confidence=confidence)
 
 
+class RecycleTable:
+    """Token Recycling's adjacency table: for each token id, the ``k`` tokens the target last ranked highest
+    right after it, best first (-1: never seen). ``vocabulary x k`` int32 (151,936 x 8 is 4.9 MB), grown
+    on first use to the width of the logits; one table serves many answers (the paper's hot start)."""
+
+    def __init__(self, k: int = 8) -> None:
+        if k < 1:
+            raise InputError(f"recycle table: k must be at least 1, got {k}")
+        self.k = k
+        self.table: Any = None
+
+    def update(self, fed: list[int], logits: Any) -> None:
+        """Row ``fed[i]`` becomes the top ``k`` of ``logits[i]`` (the target's prediction after that token)."""
+        import numpy as np
+        import torch
+
+        if self.table is None or self.table.shape[0] < logits.shape[-1]:
+            grown = np.full((logits.shape[-1], self.k), -1, dtype=np.int32)
+            if self.table is not None:
+                grown[: self.table.shape[0]] = self.table
+            self.table = grown
+        top = torch.topk(logits[: len(fed)], self.k, dim=-1).indices.numpy()
+        self.table[np.asarray(fed, dtype=np.int64)] = top
+
+    def path(self, token: int, length: int) -> list[int]:
+        """The chain of best candidates from ``token``: at most ``length`` tokens, stopping at an unseen one."""
+        out: list[int] = []
+        table = self.table
+        while table is not None and len(out) < length and 0 <= token < len(table):
+            token = int(table[token, 0])
+            if token < 0:
+                break
+            out.append(token)
+        return out
+
+
+class RecyclingDrafter:
+    """Token Recycling, path drafts: the draft is the chain of the target's best recorded candidates from
+    the last token (see :class:`RecycleTable`). Give a ``table`` to keep it across answers (hot start).
+
+    The paper drafts a static tree of candidates and verifies it with tree attention; our engines verify
+    one sequence per pass, so the draft is the tree's main path (a tree needs a tree mask: future work).
+    """
+
+    name = "recycling"
+
+    def __init__(self, table: RecycleTable | None = None) -> None:
+        self.table = table if table is not None else RecycleTable()
+
+    def start(self, prompt_ids: list[int], temperature: float = 0.0, generator: Any = None) -> None:
+        pass  # the table carries over from earlier answers; nothing is tied to the prompt
+
+    def observe(self, fed: list[int], logits: Any) -> None:
+        self.table.update(fed, logits)
+
+    def propose(self, tokens: list[int], k: int) -> Draft:
+        # match_length 1: no matched context backs the guess; the acceptance tracker learns its rate.
+        draft = self.table.path(tokens[-1], k) if tokens else []
+        return Draft(tokens=draft, source=self.name, match_length=1 if draft else 0)
+
+
 class CombinedDrafter:
     """The model-free drafter with the longest match this step; the fallback when none matches
     ``min_match`` tokens. All drafters see every token (their state must follow the sequence)."""
@@ -275,6 +342,11 @@ class CombinedDrafter:
         if self.fallback is not None:
             self.fallback.start(prompt_ids, temperature=temperature, generator=generator)
 
+    def observe(self, fed: list[int], logits: Any) -> None:
+        for drafter in [*self.drafters, self.fallback]:
+            if hasattr(drafter, "observe"):
+                drafter.observe(fed, logits)
+
     def propose(self, tokens: list[int], k: int) -> Draft:
         best = Draft(tokens=[], source=self.name)
         for drafter in self.drafters:
@@ -289,10 +361,13 @@ class CombinedDrafter:
 MODEL_FREE = {"ngram": PromptLookupDrafter, "sam": SuffixAutomatonDrafter}
 
 
-def build_drafter(names: list[str] | tuple[str, ...], draft_lm: Any = None, corpus: list[list[int]] | None = None) -> Any:
-    """A drafter from names (``"ngram"``, ``"sam"``, ``"corpus"``, ``"model"``); several are combined,
-    with the draft model (``draft_lm``) as the fallback."""
-    known = [*MODEL_FREE, "corpus", "model"]
+def build_drafter(names: list[str] | tuple[str, ...], draft_lm: Any = None, corpus: list[list[int]] | None = None,
+                  recycle: RecycleTable | None = None) -> Any:
+    """A drafter from names (``"ngram"``, ``"sam"``, ``"corpus"``, ``"recycling"``, ``"model"``). Several are
+    combined: the matching drafters compete by match length, and the fallback for a step where none matches
+    two tokens is the draft model (``draft_lm``) or token recycling (whose ``recycle`` table, if given,
+    carries over between answers), whichever is named."""
+    known = [*MODEL_FREE, "corpus", "recycling", "model"]
     unknown = [n for n in names if n not in known]
     if unknown or not names:
         raise InputError(f"drafters {list(names)!r}: unknown {unknown or 'empty list'}; known: {', '.join(known)}")
@@ -309,6 +384,11 @@ def build_drafter(names: list[str] | tuple[str, ...], draft_lm: Any = None, corp
         if draft_lm is None:
             raise InputError("drafter 'model' needs a draft model (draft_model=...)")
         fallback = DraftModelDrafter(draft_lm)
+    if "recycling" in names:
+        if fallback is not None:
+            raise InputError("drafters 'model' and 'recycling' are both fallbacks (for steps where no passage "
+                             "matches); name one of them")
+        fallback = RecyclingDrafter(recycle)
     if len(model_free) == 1 and fallback is None:
         return model_free[0]
     if not model_free:

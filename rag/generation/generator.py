@@ -67,8 +67,9 @@ class GroundedGenerator(Component):
     decoding, where its output is token-identical to plain decoding: ``speculative=None`` means "when
     greedy", ``True`` also speculates when sampling (distribution-preserving, not token-identical to
     plain sampling), ``False`` turns it off. ``drafters`` names the drafters (``"sam"``, ``"ngram"``,
-    ``"model"``; several are combined) and ``draft_model`` the model behind ``"model"`` (it must share the
-    target's tokenizer; naming one adds ``"model"``; it runs on the target's engine). ``width_costs`` is
+    ``"recycling"``, ``"model"``; several are combined, see :func:`rag.generation.drafters.build_drafter`)
+    and ``draft_model`` the model behind ``"model"`` (it must share the target's tokenizer; naming one adds
+    ``"model"``; it runs on the target's engine). Token recycling's table carries over between answers. ``width_costs`` is
     the verification-width cost table; by default the one measured for the engine in use
     (:func:`rag.generation.calibrate.width_costs`). ``reuse_prefix`` keeps the KV cache of the fixed
     system prompt and copies it for each question. ``quantize="int8"`` applies dynamic int8 quantisation to
@@ -133,7 +134,8 @@ class GroundedGenerator(Component):
             names = self.drafters + (["model"] if draft_model and "model" not in self.drafters else [])
             build_drafter(names, draft_lm=object())  # check the names now, not at the first question
         self._prefix: tuple[list[int], object] | None = None  # cached system-prompt KV: (tokens, session)
-        self._tracker = None
+        self._tracker = None  # what speculation learnt in earlier answers: acceptance rates, recycled tokens
+        self._recycle = None
 
     @property
     def instructions(self) -> str:
@@ -203,7 +205,7 @@ class GroundedGenerator(Component):
         drafter = None
         width_costs = self.width_costs
         if speculate:
-            from rag.generation.drafters import build_drafter
+            from rag.generation.drafters import RecycleTable, build_drafter
 
             names = self.drafters + (["model"] if self.draft_model and "model" not in self.drafters else [])
             draft_engine = lm.name if self.draft_quantize is None else "transformers:float32"
@@ -213,9 +215,10 @@ class GroundedGenerator(Component):
                 from rag.generation.calibrate import width_costs as measured_width_costs
 
                 width_costs = measured_width_costs(lm)
-            drafter = build_drafter(names, draft_lm=draft_lm)
             if self._tracker is None:
                 self._tracker = AcceptanceTracker()
+                self._recycle = RecycleTable() if "recycling" in names else None
+            drafter = build_drafter(names, draft_lm=draft_lm, recycle=self._recycle)
         load_seconds = time.perf_counter() - started
         prompt_ids = lm.encode_chat(self.messages(query, context))
         stats = SpecStats()

@@ -230,6 +230,7 @@ def speculative_decode(
     eos = lm.eos_token_ids
     stats.prompt_tokens = len(prompt_ids)
 
+    observe = getattr(drafter, "observe", None)
     started = time.perf_counter()
     drafter.start(list(prompt_ids), temperature=temperature, generator=generator)
     stats.reused_prompt_tokens = min(common_prefix(session.tokens, prompt_ids), len(prompt_ids) - 1)
@@ -268,6 +269,8 @@ def speculative_decode(
         fed_draft = tokens + [tokens[-1] if tokens else pending] * (width - 1 - n_real)
         base = session.length  # the pending token is not in the cache yet
         all_logits = session.feed_all([pending, *fed_draft])
+        if observe is not None:  # drafters that learn from the target's passes (token recycling)
+            observe([pending, *fed_draft], all_logits)
         stats.forward_passes += 1
         stats.widths[width] = stats.widths.get(width, 0) + 1
         accepted, pending = _verify(all_logits, fed_draft, draft.probs, temperature, generator)

@@ -5,7 +5,8 @@ import random
 import pytest
 
 from rag.generation.drafters import (
-    CombinedDrafter, CorpusDrafter, PromptLookupDrafter, SuffixAutomaton, SuffixAutomatonDrafter, build_drafter,
+    CombinedDrafter, CorpusDrafter, PromptLookupDrafter, RecycleTable, RecyclingDrafter, SuffixAutomaton,
+    SuffixAutomatonDrafter, build_drafter,
 )
 from rag.errors import InputError
 
@@ -90,6 +91,45 @@ def test_combiner_picks_the_longest_match():
     combined.start(prompt)
     draft = combined.propose(prompt + [2, 3, 4], 2)
     assert draft.source == "sam" and draft.tokens == [5, 6] and draft.match_length == 3
+
+
+def test_recycle_table_keeps_the_latest_top_candidates_after_each_token():
+    import torch
+
+    table = RecycleTable(k=2)
+    logits = torch.zeros(3, 10)
+    logits[0, 7], logits[0, 4] = 5.0, 3.0  # after token 1: 7 then 4
+    logits[1, 2], logits[1, 9] = 5.0, 4.0  # after token 7: 2 then 9
+    logits[2, 1] = 5.0  # after token 2: 1 (then the first of the ties)
+    table.update([1, 7, 2], logits)
+    assert table.table.shape == (10, 2) and table.table[1].tolist() == [7, 4] and table.table[7].tolist() == [2, 9]
+    assert table.path(1, 2) == [7, 2] and table.path(1, 10)[:4] == [7, 2, 1, 7]  # a chain may cycle
+    assert table.path(5, 3) == []  # never seen after 5
+    newer = torch.zeros(1, 12)
+    newer[0, 11] = 1.0
+    table.update([1], newer)  # the latest pass wins; the table grows to a wider vocabulary
+    assert table.table.shape == (12, 2) and table.path(1, 1) == [11] and table.table[7].tolist() == [2, 9]
+    drafter = RecyclingDrafter(table)
+    drafter.start([1, 2, 3])
+    draft = drafter.propose([4, 7], 3)
+    assert draft.source == "recycling" and draft.tokens == [2, 1, 11] and draft.match_length == 1
+    assert drafter.propose([5], 3).tokens == []
+
+
+def test_recycling_is_the_fallback_where_no_passage_matches():
+    import torch
+
+    combined = build_drafter(["sam", "ngram", "recycling"])
+    assert isinstance(combined, CombinedDrafter) and isinstance(combined.fallback, RecyclingDrafter)
+    prompt = [1, 2, 3, 4, 5]
+    combined.start(prompt)
+    logits = torch.zeros(2, 50)
+    logits[0, 40], logits[1, 41] = 1.0, 1.0
+    combined.observe([30, 40], logits)  # the target said 40 after 30, 41 after 40
+    assert combined.propose(prompt + [30], 3).tokens[:2] == [40, 41]  # 30 is in no passage: recycled
+    assert combined.propose(prompt + [30, 2, 3], 2).tokens == [4, 5]  # a passage match of 2 wins
+    with pytest.raises(InputError, match="name one of them"):
+        build_drafter(["sam", "recycling", "model"], draft_lm=object())
 
 
 def test_drafter_names_are_checked():

@@ -98,6 +98,13 @@ def test_speculative_decoding_reproduces_the_engines_own_plain_greedy(name):
                                        policy=WidthPolicy({1: 1.0, 4: 1.2, 8: 1.3})))
         drafted += sum(stats.drafted.values())
         check_same_or_near_tie(lm, prompt, plain, fast)
+        # Token recycling, alone and as the passage drafters' fallback: drafts from the target's own passes.
+        for names in (["recycling"], ["sam", "ngram", "recycling"]):
+            stats = SpecStats()
+            recycled = list(speculative_decode(lm, prompt, build_drafter(names), max_new_tokens=40, stats=stats,
+                                               policy=WidthPolicy({1: 1.0, 4: 1.2, 8: 1.3})))
+            check_same_or_near_tie(lm, prompt, plain, recycled)
+            assert stats.drafted.get("recycling", 0) > 0
     assert drafted > 0  # the loop did speculate
 
 
