@@ -69,7 +69,11 @@ class GroundedGenerator(Component):
     plain sampling), ``False`` turns it off. ``drafters`` names the drafters (``"sam"``, ``"ngram"``,
     ``"recycling"``, ``"model"``; several are combined, see :func:`rag.generation.drafters.build_drafter`)
     and ``draft_model`` the model behind ``"model"`` (it must share the target's tokenizer; naming one adds
-    ``"model"``; it runs on the target's engine). Token recycling's table carries over between answers. ``width_costs`` is
+    ``"model"``; it runs on the target's engine). Token recycling's table carries over between answers.
+    ``context_aware=alpha`` (0, off, by default) turns on context-aware decoding
+    (:mod:`rag.generation.contrast`): tokens come from ``(1 + alpha)`` times the logits with the passages
+    minus ``alpha`` times those without them (the question alone), at the cost of a second prefill and a
+    second pass per step; speculation verifies against that contrasted distribution. ``width_costs`` is
     the verification-width cost table; by default the one measured for the engine in use
     (:func:`rag.generation.calibrate.width_costs`). ``reuse_prefix`` keeps the KV cache of the fixed
     system prompt and copies it for each question. ``quantize="int8"`` applies dynamic int8 quantisation to
@@ -100,6 +104,7 @@ class GroundedGenerator(Component):
         reuse_prefix: bool = True,
         quantize: str | None = None,
         draft_quantize: str | None = None,
+        context_aware: float = 0.0,
     ) -> None:
         if answer_style not in ANSWER_STYLES:
             raise InputError(f"grounded generator: answer_style must be one of {sorted(ANSWER_STYLES)}, got {answer_style!r}")
@@ -110,6 +115,8 @@ class GroundedGenerator(Component):
         for name, value in (("quantize", quantize), ("draft_quantize", draft_quantize)):
             if value not in (None, "int8"):
                 raise InputError(f"grounded generator: {name} must be None or 'int8', got {value!r}")
+        if context_aware < 0:
+            raise InputError(f"grounded generator: context_aware must be at least 0 (0 is off), got {context_aware}")
         from rag.generation.engine import canonical_engine
 
         self.model = model
@@ -128,6 +135,7 @@ class GroundedGenerator(Component):
         self.reuse_prefix = reuse_prefix
         self.quantize = quantize
         self.draft_quantize = draft_quantize
+        self.context_aware = float(context_aware)
         if self.drafters:
             from rag.generation.drafters import build_drafter
 
@@ -171,6 +179,10 @@ class GroundedGenerator(Component):
             f"(No passages were retrieved.)\n\nQuestion: {query}"
         )
         return [{"role": "system", "content": self.instructions}, {"role": "user", "content": user}]
+
+    def messages_without_context(self, query: str) -> list[dict[str, str]]:
+        """The same chat without the passages: what context-aware decoding contrasts against."""
+        return [{"role": "system", "content": self.instructions}, {"role": "user", "content": f"Question: {query}"}]
 
     def prefix_ids(self, lm) -> list[int]:
         """Tokens every prompt of this generator starts with (system prompt, template, "Passages:")."""
@@ -225,6 +237,11 @@ class GroundedGenerator(Component):
         stream = TextStream(lm.tokenizer)
         started = time.perf_counter()
         session = self.session(lm)
+        if self.context_aware > 0:
+            from rag.generation.contrast import ContrastSession
+
+            session = ContrastSession(session, self.session(lm), lm.encode_chat(self.messages_without_context(query)),
+                                      self.context_aware)
         if speculate:
             tokens = speculative_decode(lm, prompt_ids, drafter, max_new_tokens=self.new_tokens,
                                         temperature=self.temperature, seed=self.seed, stats=stats, session=session,
@@ -265,6 +282,9 @@ class GroundedGenerator(Component):
         extra.update(stats.as_dict())
         if speculate:
             extra["drafters"] = list(self.drafters)
+        if self.context_aware > 0:  # the extra prefill is part of prefill_seconds, reported apart too
+            extra.update(context_aware=self.context_aware, contrast_prompt_tokens=len(session.plain_prompt),
+                         contrast_prefill_seconds=session.extra_prefill_seconds)
         trace.add(StageRecord(
             stage="generate", seconds=time.perf_counter() - started, n_in=len(context.passages), n_out=1,
             tokens_in=stats.prompt_tokens, tokens_out=stats.new_tokens, extra=extra,
