@@ -301,6 +301,20 @@ def resolve_pipeline(config: "str | Path | Mapping[str, Any] | None") -> Any:
     return Pipeline.from_config(config)
 
 
+def with_settings(pipeline: Any, settings: Mapping[str, Mapping[str, Any]]) -> Any:
+    """The pipeline rebuilt with ``settings`` (``{role: {parameter: value}}``) over its components' parameters."""
+    from rag.pipeline import Pipeline
+
+    config = pipeline.to_config()
+    for role, values in settings.items():
+        component = config.get(role)
+        if not isinstance(component, dict) or "params" not in component:
+            present = [r for r, c in config.items() if isinstance(c, dict) and "params" in c]
+            raise InputError(f"--set {role}.*: the pipeline has no {role}; its components: {', '.join(present)}")
+        component["params"].update(values)
+    return Pipeline.from_config(config)
+
+
 def set_answer_style(pipeline: Any, style: str) -> None:
     """Give the pipeline's generator the answer style ``style``, with the style's system prompt and stop strings
     (a config that spelled out the cited prompt would otherwise keep it); refused for a generator without styles."""
@@ -382,14 +396,19 @@ def run_rag_eval(
     progress: bool = True,
     plots: bool = True,
     answer_style: str | None = None,
+    settings: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``pipeline`` on the QA folder ``data_dir``, writing (or resuming) ``run_dir``; returns the summary.
 
-    ``answer_style`` (``"short"`` or ``"cited"``) overrides the generator's, as part of the run's config.
+    ``answer_style`` (``"short"`` or ``"cited"``) overrides the generator's, and ``settings`` (``{role:
+    {parameter: value}}``, e.g. ``{"generator": {"context_aware": 0.5}}``) the parameters of the pipeline's
+    components, both as part of the run's config.
     ``on_record`` is called with each new record after it is written (a test interrupts a run from it).
     """
     dataset = load_qa(data_dir, split=split, limit=limit)
     pipe = resolve_pipeline(pipeline)
+    if settings:
+        pipe = with_settings(pipe, settings)
     if answer_style is not None:
         set_answer_style(pipe, answer_style)
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(data_dir, pipe.to_config())
@@ -496,6 +515,9 @@ def add_rag_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser
                         help="the generator's answer style: short (a phrase, no citations, what QA benchmarks score) "
                              "or cited (a sentence or two citing passages), with the style's prompt and stop strings; "
                              "default: the pipeline's (cited)")
+    parser.add_argument("--set", action="append", default=[], metavar="ROLE.KEY=VALUE", dest="settings",
+                        help="a parameter of one of the pipeline's components (chunker, index, compressor, "
+                             "generator, ...), e.g. generator.context_aware=0.5; repeatable")
     parser.set_defaults(func=rag_command)
     return parser
 
@@ -503,8 +525,11 @@ def add_rag_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser
 def rag_command(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     try:
+        from eval.retrieval import parse_settings
+
         summary = run_rag_eval(args.data, args.pipeline, args.out, limit=args.limit, split=args.split,
-                               plots=not args.no_plots, answer_style=args.answer_style)
+                               plots=not args.no_plots, answer_style=args.answer_style,
+                               settings=parse_settings(args.settings))
     except KeyboardInterrupt:
         print("\ninterrupted: the finished questions are saved; run the same command again to resume",
               file=sys.stderr)

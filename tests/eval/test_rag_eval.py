@@ -251,6 +251,29 @@ def test_the_answer_style_is_part_of_the_run_config(tiny_qa: Path, tiny_lm: Path
                      plots=False, answer_style="short")
 
 
+def test_set_changes_a_components_parameter_in_the_run_config(tiny_qa: Path, tiny_lm: Path, tmp_path: Path) -> None:
+    from rag.config import load_config_file
+    from rag.errors import InputError
+    from rag.cli import main
+
+    config = _config(tiny_lm)
+    run_rag_eval(tiny_qa, config, tmp_path / "cad", limit=1, progress=False, plots=False,
+                 settings={"generator": {"context_aware": 0.5}})
+    assert load_config_file(tmp_path / "cad" / "config.yaml")["generator"]["params"]["context_aware"] == 0.5
+    (record,) = read_records(tmp_path / "cad" / RECORDS)
+    generate = next(s for s in record["stages"] if s["stage"] == "generate")
+    assert generate["extra"]["context_aware"] == 0.5 and generate["extra"]["contrast_prompt_tokens"] > 0
+    with pytest.raises(InputError, match="the pipeline has no reranker; its components: chunker, index, generator"):
+        run_rag_eval(tiny_qa, config, tmp_path / "x", limit=1, progress=False, plots=False,
+                     settings={"reranker": {"model": "m"}})
+    with pytest.raises(InputError, match="expected NAME.KEY=VALUE"):
+        from eval.retrieval import parse_settings
+
+        parse_settings(["generator=1"])
+    assert main(["eval", "rag", "--data", str(tiny_qa), "--limit", "1", "--set", "nothing.k=1",
+                 "--out", str(tmp_path / "y"), "--no-plots"]) == 2
+
+
 def test_cli_runs_and_prints_the_summary_last(tiny_qa: Path, tiny_lm: Path, tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     import yaml
