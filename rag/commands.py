@@ -27,6 +27,7 @@ EVAL_COMMANDS: list[str] = [
     "eval.rag_eval:add_rag_parser",
     "eval.recipes:add_recipes_parser",
     "eval.compare:add_compare_parser",
+    "eval.conflict:add_conflict_parser",
     "eval.check:add_check_parser",
 ]
 
