@@ -10,7 +10,9 @@ citations, and decodes every prompt, interleaved, on each engine named with ``--
   system-prompt KV reused);
 - on request (``--methods``): our other drafters (``ours_ngram``, ``ours_sam``, ``ours_combined_fresh``
   without prefix reuse, ``ours_model``/``ours_combined_model`` with ``--draft``), and on transformers
-  engines transformers' own ``hf_generate``, ``hf_prompt_lookup`` and ``hf_assisted`` (with ``--draft``).
+  engines transformers' own ``hf_generate``, ``hf_prompt_lookup`` and ``hf_assisted`` (with ``--draft``);
+  context-aware decoding at ``a = --alpha``: ``cad`` (one token per pass) and ``cad_combined`` (the
+  headline's drafters verifying against the contrasted distribution), checked against ``cad``'s output.
 
 Every method gets its own ratio against ``plain`` on the same engine. Time to first token is reported over
 all prompts and over prompts 2+ for every method (prefix reuse only helps from the second prompt), and
@@ -45,6 +47,10 @@ OUR_DRAFTERS = {"ours_ngram": ["ngram"], "ours_sam": ["sam"], "ours_combined": [
                 "ours_combined_model": ["sam", "ngram", "model"], "ours_recycling": ["recycling"],
                 "ours_combined_recycling": ["sam", "ngram", "recycling"]}
 HF_METHODS = ("hf_generate", "hf_prompt_lookup", "hf_assisted")
+# Context-aware decoding (rag.generation.contrast) at a = --alpha: plain CAD, and CAD with the headline's
+# drafters, which must equal CAD's own greedy output (its reference), not plain decoding's.
+CAD_METHODS = {"cad": None, "cad_combined": ["sam", "ngram"]}
+REFERENCE = {"cad_combined": "cad"}
 
 
 def add_bench_parser(subparsers: Any) -> Any:
@@ -70,7 +76,10 @@ def add_bench_parser(subparsers: Any) -> Any:
                                 "ours_model, ours_combined_model and hf_assisted)")
             parser.add_argument("--methods", default=None,
                                 help="comma-separated methods besides plain and the headline: "
-                                     + ", ".join([m for m in OUR_DRAFTERS if m != HEADLINE] + list(HF_METHODS)))
+                                     + ", ".join([m for m in OUR_DRAFTERS if m != HEADLINE] + list(HF_METHODS)
+                                                 + list(CAD_METHODS)))
+            parser.add_argument("--alpha", type=float, default=0.5,
+                                help="context-aware decoding's a for the cad methods (default 0.5)")
             parser.add_argument("--width-costs", default="measure",
                                 help="'measure' (time verification widths on the first prompt, per engine), "
                                      "'default' (the built-in table), or JSON like '{\"1\": 1, \"8\": 1.7}'")
@@ -117,22 +126,6 @@ class _Clock:
         pass
 
 
-def run_builtin(lm: Any, prompt: list[int], max_new_tokens: int, **options: Any) -> tuple[list[int], float, float]:
-    """transformers ``generate``: (new tokens without EOS, time to first token, decode seconds after it)."""
-    import torch
-
-    clock = _Clock()
-    started = time.perf_counter()
-    with torch.inference_mode():
-        out = lm.model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                                max_new_tokens=max_new_tokens, do_sample=False, streamer=clock, **options)
-    ended = time.perf_counter()
-    tokens = out[0, len(prompt):].tolist()
-    cut = next((i for i, t in enumerate(tokens) if t in lm.eos_token_ids), len(tokens))
-    first = clock.first or ended
-    return tokens[:cut], first - started, ended - first
-
-
 def run_builtin(lm: Any, prompt: list[int], max_new_tokens: int, **options: Any) -> tuple[list[int], float, float, None]:
     """transformers ``generate``: (new tokens without EOS, time to first token, decode seconds after it, None)."""
     import torch
@@ -150,8 +143,11 @@ def run_builtin(lm: Any, prompt: list[int], max_new_tokens: int, **options: Any)
 
 
 def run_ours(lm: Any, prompt: list[int], drafter: Any, max_new_tokens: int, generator: Any, policy: Any,
-             tracker: Any) -> tuple[list[int], float, float, Any]:
-    """Our loop, speculative when ``drafter`` is given, else plain: (tokens, TTFT, decode seconds, stats)."""
+             tracker: Any, contrast: tuple[list[int], float] | None = None) -> tuple[list[int], float, float, Any]:
+    """Our loop, speculative when ``drafter`` is given, else plain: (tokens, TTFT, decode seconds, stats).
+
+    ``contrast`` (the prompt without passages, a) decodes context-aware; its second prefill is in the TTFT.
+    """
     from rag.generation.decode import decode
     from rag.generation.speculative import SpecStats, speculative_decode
 
@@ -161,6 +157,10 @@ def run_ours(lm: Any, prompt: list[int], drafter: Any, max_new_tokens: int, gene
     lm.retain(generator.prefix_ids(lm) if generator.reuse_prefix else [])
     started = time.perf_counter()
     session = generator.session(lm)  # a copy of the cached system-prompt prefix (or a fresh session)
+    if contrast is not None:
+        from rag.generation.contrast import ContrastSession
+
+        session = ContrastSession(session, generator.session(lm), contrast[0], contrast[1])
     if drafter is None:
         tokens = list(decode(lm, prompt, max_new_tokens=max_new_tokens, stats=stats, session=session))
     else:
@@ -212,7 +212,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
 def _methods_wanted(args: argparse.Namespace) -> list[str]:
     wanted = [m.strip() for m in (getattr(args, "methods", None) or "").split(",") if m.strip()]
-    known = set(OUR_DRAFTERS) | set(HF_METHODS) | {"plain"}
+    known = set(OUR_DRAFTERS) | set(HF_METHODS) | set(CAD_METHODS) | {"plain"}
     unknown = [m for m in wanted if m not in known]
     if unknown:
         from rag.errors import InputError
@@ -223,6 +223,8 @@ def _methods_wanted(args: argparse.Namespace) -> list[str]:
         from rag.errors import InputError
 
         raise InputError(f"--methods {', '.join(needs_draft)} need --draft")
+    if "cad_combined" in wanted and "cad" not in wanted:
+        wanted.insert(wanted.index("cad_combined"), "cad")  # its reference
     return ["plain", HEADLINE] + [m for m in wanted if m not in ("plain", HEADLINE)]
 
 
@@ -279,6 +281,14 @@ def bench_generate(args: argparse.Namespace, methods_wanted: list[str]) -> dict[
                     WidthPolicy(costs), tracker))(
                     lm, OUR_DRAFTERS[method], fresh if method.endswith("_fresh") else generator, costs, tracker,
                     recycle, draft)
+            elif method in CAD_METHODS:
+                tracker = AcceptanceTracker()
+                without = {tuple(p): lm.encode_chat(generator.messages_without_context(q))
+                           for p, q in zip(prompts, facts["questions"])}
+                methods[method] = (lambda lm, names, g, costs, tracker, without: lambda p: run_ours(
+                    lm, p, build_drafter(names) if names else None, args.max_new_tokens, g,
+                    WidthPolicy(costs), tracker, contrast=(without[tuple(p)], args.alpha)))(
+                    lm, CAD_METHODS[method], generator, costs, tracker, without)
             elif name.startswith("transformers"):
                 options = {"hf_generate": {}, "hf_prompt_lookup": {"prompt_lookup_num_tokens": 10},
                            "hf_assisted": {"assistant_model": getattr(draft, "model", None)}}[method]
@@ -319,19 +329,25 @@ def bench_generate(args: argparse.Namespace, methods_wanted: list[str]) -> dict[
                                                                 sorted(costs_by_engine[engine_name].items())}}
         for method, record in methods.items():
             tps = record["tokens"] / record["decode_s"] if record["decode_s"] else 0.0
-            same = [a == b for a, b in zip(record["outputs"], plain["outputs"])]
+            reference_method = REFERENCE.get(method, "plain")
+            expected = methods[reference_method]
+            same = [a == b for a, b in zip(record["outputs"], expected["outputs"])]
             later = record["ttft"][1:] or record["ttft"]
             item = {"ttft_s": sum(record["ttft"]) / len(record["ttft"]), "ttft_later_s": sum(later) / len(later),
                     "answer_s": sum(record["answer_s"]) / len(record["answer_s"]), "decode_tps": tps,
                     "speedup_vs_plain": tps / plain_tps if plain_tps else 0.0,
                     "answer_speedup_vs_plain": (sum(plain["answer_s"]) / sum(record["answer_s"])
                                                 if sum(record["answer_s"]) else 0.0),
-                    "identical": all(same), "identical_prompts": sum(same)}
-            if method != "plain":
+                    "identical": all(same), "identical_prompts": sum(same), "reference": reference_method}
+            if reference_method != "plain":
+                item["answer_speedup_vs_reference"] = (sum(expected["answer_s"]) / sum(record["answer_s"])
+                                                       if sum(record["answer_s"]) else 0.0)
+            if method != "plain" and method not in CAD_METHODS:
+                # (CAD differs from plain decoding on purpose, and plain logits cannot explain a CAD divergence)
                 item["divergences"] = [dict(prompt=i, **d) for i, (ok, p, ref, out) in
-                                       enumerate(zip(same, prompts, plain["outputs"], record["outputs"]))
+                                       enumerate(zip(same, prompts, expected["outputs"], record["outputs"]))
                                        if not ok and (d := divergence(lm, p, ref, out)) is not None]
-            if method.startswith("ours") and record["passes"]:
+            if (method.startswith("ours") or method in CAD_METHODS) and record["passes"]:
                 item.update({"drafted": record["drafted"], "accepted": record["accepted"],
                              "mean_accepted_length": record["tokens"] / record["passes"]})
             entry["methods"][method] = item
@@ -339,6 +355,9 @@ def bench_generate(args: argparse.Namespace, methods_wanted: list[str]) -> dict[
             print(f"{engine_name:<22}{method:<22}{item['ttft_s']:>8.2f}{item['ttft_later_s']:>9.2f}"
                   f"{item['answer_s']:>10.2f}{tps:>14.2f}{item['speedup_vs_plain']:>9.2f}  {str(item['identical']):<9}  "
                   f"{shown}")
+            if reference_method != "plain":
+                print(f"    {method}: identical to {reference_method} on {sum(same)} of {len(same)} prompts; answer "
+                      f"time {item['answer_speedup_vs_reference']:.2f}x {reference_method}'s")
             for d in item.get("divergences", []):
                 print(f"    differs from plain on prompt {d['prompt']} at token {d['position']}: plain top-2 logits "
                       f"{d['top2_logits']} (gap {d['gap']})")

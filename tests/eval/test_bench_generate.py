@@ -43,6 +43,22 @@ def test_bench_generate_runs_every_drafter_and_assisted_generation_with_a_draft_
     assert found["ours_model"]["drafted"].get("model", 0) > 0  # the draft model did draft
 
 
+def test_bench_generate_checks_speculative_context_aware_decoding_against_its_own_greedy(data_dir, capsys):
+    code = main(["--threads", "1", "bench", "generate", "--model", "smollm2-135m", "--data",
+                 str(data_dir / "squad-v1.1-dev"), "--n", "2", "--max-new-tokens", "8", "--threads", "1",
+                 "--engines", "transformers:float32", "--width-costs", "default", "--methods", "cad_combined",
+                 "--alpha", "1.0"])
+    assert code == 0
+    out = capsys.readouterr().out
+    result = json.loads(out.strip().splitlines()[-1])
+    methods = result["engines"]["transformers:float32"]["methods"]
+    assert set(methods) == {"plain", "ours_combined", "cad", "cad_combined"}  # cad added as the reference
+    assert methods["cad"]["reference"] == "plain" and methods["cad_combined"]["reference"] == "cad"
+    assert methods["cad_combined"]["identical"], "speculation must not change CAD's greedy answer"
+    assert methods["cad_combined"]["answer_speedup_vs_reference"] > 0
+    assert "cad_combined: identical to cad on 2 of 2 prompts" in out
+
+
 def test_bench_generate_refuses_a_method_that_needs_a_draft_model(data_dir, capsys):
     code = main(["bench", "generate", "--model", "smollm2-135m", "--data", str(data_dir / "squad-v1.1-dev"),
                  "--methods", "ours_model"])
