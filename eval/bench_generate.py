@@ -9,8 +9,11 @@ citations, and decodes every prompt, interleaved, on each engine named with ``--
   configuration (suffix-automaton + n-gram drafters, the width costs measured for that engine, the
   system-prompt KV reused);
 - on request (``--methods``): our other drafters (``ours_ngram``, ``ours_sam``, ``ours_combined_fresh``
-  without prefix reuse, ``ours_model``/``ours_combined_model`` with ``--draft``), and on transformers
-  engines transformers' own ``hf_generate``, ``hf_prompt_lookup`` and ``hf_assisted`` (with ``--draft``);
+  without prefix reuse, token recycling alone and as the fallback, with path drafts (``ours_recycling``,
+  ``ours_combined_recycling``) and tree drafts (``ours_recycling_tree``, ``ours_combined_recycling_tree``;
+  verified as trees on transformers, as their main path on llama.cpp), ``ours_model`` and
+  ``ours_combined_model`` with ``--draft``), and on transformers engines transformers' own ``hf_generate``,
+  ``hf_prompt_lookup`` and ``hf_assisted`` (with ``--draft``);
   context-aware decoding at ``a = --alpha``: ``cad`` (one token per pass) and ``cad_combined`` (the
   headline's drafters verifying against the contrasted distribution), checked against ``cad``'s output.
 
@@ -45,7 +48,8 @@ DEFAULT_ENGINES = "transformers:float32,transformers:bfloat16,llama.cpp"
 OUR_DRAFTERS = {"ours_ngram": ["ngram"], "ours_sam": ["sam"], "ours_combined": ["sam", "ngram"],
                 "ours_combined_fresh": ["sam", "ngram"], "ours_model": ["model"],
                 "ours_combined_model": ["sam", "ngram", "model"], "ours_recycling": ["recycling"],
-                "ours_combined_recycling": ["sam", "ngram", "recycling"]}
+                "ours_combined_recycling": ["sam", "ngram", "recycling"], "ours_recycling_tree": ["recycling-tree"],
+                "ours_combined_recycling_tree": ["sam", "ngram", "recycling-tree"]}
 HF_METHODS = ("hf_generate", "hf_prompt_lookup", "hf_assisted")
 # Context-aware decoding (rag.generation.contrast) at a = --alpha: plain CAD, and CAD with the headline's
 # drafters, which must equal CAD's own greedy output (its reference), not plain decoding's.

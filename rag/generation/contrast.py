@@ -85,6 +85,22 @@ class ContrastSession(Session):
         self.with_context.crop(length)
         self.without_context.crop(len(self._plain(self.with_context.tokens[:length])))
 
+    @property
+    def supports_tree(self) -> bool:  # type: ignore[override]
+        return self.with_context.supports_tree and self.without_context.supports_tree
+
+    def feed_tree(self, token_ids: Sequence[int], parents: Sequence[int]) -> Any:
+        if self.prompt_length is None:
+            raise InputError("context-aware decoding: prefill the prompt before feeding a tree")
+        with_logits = self.with_context.feed_tree(token_ids, parents)
+        without_logits = self.without_context.feed_tree(token_ids, parents)
+        self.passes += 1
+        return self.mix(with_logits, without_logits)
+
+    def keep_path(self, nodes: Sequence[int]) -> None:
+        self.with_context.keep_path(nodes)
+        self.without_context.keep_path(nodes)
+
     def copy(self) -> "ContrastSession":
         twin = ContrastSession(self.with_context.copy(), self.without_context.copy(), self.plain_prompt, self.alpha)
         twin.prompt_length = self.prompt_length

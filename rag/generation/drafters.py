@@ -267,13 +267,20 @@ class DraftModelDrafter:
 class RecycleTable:
     """Token Recycling's adjacency table: for each token id, the ``k`` tokens the target last ranked highest
     right after it, best first (-1: never seen). ``vocabulary x k`` int32 (151,936 x 8 is 4.9 MB), grown
-    on first use to the width of the logits; one table serves many answers (the paper's hot start)."""
+    on first use to the width of the logits; one table serves many answers (the paper's hot start).
+
+    It also counts how often the candidate of each rank turned out to be the target's next token (checked
+    at every update for the first token fed, before its row is replaced): :meth:`rank_probs`, which orders
+    and sizes tree drafts.
+    """
 
     def __init__(self, k: int = 8) -> None:
         if k < 1:
             raise InputError(f"recycle table: k must be at least 1, got {k}")
         self.k = k
         self.table: Any = None
+        self.rank_hits = [0] * k  # times the candidate of rank r was the target's next token
+        self.lookups = 0  # rows checked that way
 
     def update(self, fed: list[int], logits: Any) -> None:
         """Row ``fed[i]`` becomes the top ``k`` of ``logits[i]`` (the target's prediction after that token)."""
@@ -286,7 +293,21 @@ class RecycleTable:
                 grown[: self.table.shape[0]] = self.table
             self.table = grown
         top = torch.topk(logits[: len(fed)], self.k, dim=-1).indices.numpy()
-        self.table[np.asarray(fed, dtype=np.int64)] = top
+        rows = np.asarray(fed, dtype=np.int64)
+        # Rank hits are counted at fed[0] only: the pending token, whose context is the accepted text;
+        # later positions of a pass may follow rejected draft tokens.
+        if self.table[rows[0], 0] >= 0:
+            self.lookups += 1
+            hit = np.nonzero(self.table[rows[0]] == top[0, 0])[0]
+            if len(hit):
+                self.rank_hits[int(hit[0])] += 1
+        self.table[rows] = top
+
+    def rank_probs(self) -> list[float]:
+        """How often the candidate of each rank was the target's next token, with one pseudo-lookup spread
+        evenly over the ranks and "none of them" (so an empty table gives ``1 / (k + 1)`` each)."""
+        prior = 1.0 / (self.k + 1)
+        return [(hits + prior) / (self.lookups + 1) for hits in self.rank_hits]
 
     def path(self, token: int, length: int) -> list[int]:
         """The chain of best candidates from ``token``: at most ``length`` tokens, stopping at an unseen one."""
@@ -299,19 +320,60 @@ class RecycleTable:
             out.append(token)
         return out
 
+    def tree(self, token: int, size: int) -> tuple[list[int], list[int], list[float]]:
+        """A draft tree of at most ``size`` nodes after ``token``: (tokens, parent indices with -1 for
+        ``token``, each node's estimated chance of being accepted), best first.
+
+        A node's estimate is its parent's times the hit rate of its rank (:meth:`rank_probs`); nodes are
+        added best first (a dynamic tree in the manner of EAGLE-2 or Sequoia, from the table instead of a
+        draft model), so every prefix of the node list is itself a tree.
+        """
+        import heapq
+        import itertools
+
+        tokens: list[int] = []
+        parents: list[int] = []
+        values: list[float] = []
+        table = self.table
+        if table is None or size < 1:
+            return tokens, parents, values
+        probs = self.rank_probs()
+        frontier: list[tuple[float, int, int, int]] = []  # (-value, order, parent node, token)
+        order = itertools.count()  # ties go to the candidate pushed first (the better rank, the older parent)
+
+        def expand(node: int, after: int, value: float) -> None:
+            if not 0 <= after < len(table):
+                return
+            for rank, candidate in enumerate(table[after]):
+                if candidate < 0:
+                    break
+                heapq.heappush(frontier, (-value * probs[rank], next(order), node, int(candidate)))
+
+        expand(-1, token, 1.0)
+        while frontier and len(tokens) < size:
+            negative, _, parent, candidate = heapq.heappop(frontier)
+            tokens.append(candidate)
+            parents.append(parent)
+            values.append(-negative)
+            expand(len(tokens) - 1, candidate, -negative)
+        return tokens, parents, values
+
 
 class RecyclingDrafter:
-    """Token Recycling, path drafts: the draft is the chain of the target's best recorded candidates from
-    the last token (see :class:`RecycleTable`). Give a ``table`` to keep it across answers (hot start).
+    """Token Recycling: drafts from the target's best recorded candidates after each token (see
+    :class:`RecycleTable`). Give a ``table`` to keep it across answers (hot start).
 
-    The paper drafts a static tree of candidates and verifies it with tree attention; our engines verify
-    one sequence per pass, so the draft is the tree's main path (a tree needs a tree mask: future work).
+    ``tree=False`` drafts the chain of best candidates (a path, which every engine verifies); ``tree=True``
+    drafts a tree of candidates (:meth:`RecycleTable.tree`), which the speculative loop verifies in one pass
+    where the session supports it (:attr:`rag.generation.engine.Session.supports_tree`) and otherwise
+    reduces to its main path, the same chain.
     """
 
     name = "recycling"
 
-    def __init__(self, table: RecycleTable | None = None) -> None:
+    def __init__(self, table: RecycleTable | None = None, tree: bool = False) -> None:
         self.table = table if table is not None else RecycleTable()
+        self.tree = tree
 
     def start(self, prompt_ids: list[int], temperature: float = 0.0, generator: Any = None) -> None:
         pass  # the table carries over from earlier answers; nothing is tied to the prompt
@@ -321,6 +383,10 @@ class RecyclingDrafter:
 
     def propose(self, tokens: list[int], k: int) -> Draft:
         # match_length 1: no matched context backs the guess; the acceptance tracker learns its rate.
+        if self.tree and tokens:
+            nodes, parents, values = self.table.tree(tokens[-1], k)
+            return Draft(tokens=nodes, source=self.name, match_length=1 if nodes else 0, parents=parents,
+                         confidence=values)
         draft = self.table.path(tokens[-1], k) if tokens else []
         return Draft(tokens=draft, source=self.name, match_length=1 if draft else 0)
 
@@ -363,11 +429,12 @@ MODEL_FREE = {"ngram": PromptLookupDrafter, "sam": SuffixAutomatonDrafter}
 
 def build_drafter(names: list[str] | tuple[str, ...], draft_lm: Any = None, corpus: list[list[int]] | None = None,
                   recycle: RecycleTable | None = None) -> Any:
-    """A drafter from names (``"ngram"``, ``"sam"``, ``"corpus"``, ``"recycling"``, ``"model"``). Several are
-    combined: the matching drafters compete by match length, and the fallback for a step where none matches
-    two tokens is the draft model (``draft_lm``) or token recycling (whose ``recycle`` table, if given,
-    carries over between answers), whichever is named."""
-    known = [*MODEL_FREE, "corpus", "recycling", "model"]
+    """A drafter from names (``"ngram"``, ``"sam"``, ``"corpus"``, ``"recycling"``, ``"recycling-tree"``,
+    ``"model"``). Several are combined: the matching drafters compete by match length, and the fallback for
+    a step where none matches two tokens is the draft model (``draft_lm``) or token recycling (path drafts,
+    or tree drafts with ``"recycling-tree"``; its ``recycle`` table, if given, carries over between
+    answers), whichever is named."""
+    known = [*MODEL_FREE, "corpus", "recycling", "recycling-tree", "model"]
     unknown = [n for n in names if n not in known]
     if unknown or not names:
         raise InputError(f"drafters {list(names)!r}: unknown {unknown or 'empty list'}; known: {', '.join(known)}")
@@ -384,11 +451,12 @@ def build_drafter(names: list[str] | tuple[str, ...], draft_lm: Any = None, corp
         if draft_lm is None:
             raise InputError("drafter 'model' needs a draft model (draft_model=...)")
         fallback = DraftModelDrafter(draft_lm)
-    if "recycling" in names:
-        if fallback is not None:
-            raise InputError("drafters 'model' and 'recycling' are both fallbacks (for steps where no passage "
-                             "matches); name one of them")
-        fallback = RecyclingDrafter(recycle)
+    recycling = [n for n in names if n.startswith("recycling")]
+    if recycling:
+        if fallback is not None or len(recycling) > 1:
+            raise InputError(f"drafters {['model'] * (fallback is not None) + recycling} are all fallbacks (for "
+                             "steps where no passage matches); name one of them")
+        fallback = RecyclingDrafter(recycle, tree=recycling[0] == "recycling-tree")
     if len(model_free) == 1 and fallback is None:
         return model_free[0]
     if not model_free:

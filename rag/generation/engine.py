@@ -39,6 +39,25 @@ SINK_TOKENS = 4
 ENGINE_NAMES: tuple[str, ...] = ("auto", "transformers", "transformers:float32", "transformers:bfloat16", "llama.cpp")
 
 
+def tree_depths(parents: Sequence[int]) -> list[int]:
+    """Each node's depth (0 for a child of the root) in a tree given as parent indices; checks the tree."""
+    depths: list[int] = []
+    for i, parent in enumerate(parents):
+        if not -1 <= parent < i:
+            raise InputError(f"tree: node {i} has parent {parent}; a parent must be -1 or an earlier node")
+        depths.append(0 if parent < 0 else depths[parent] + 1)
+    return depths
+
+
+def check_path(nodes: Sequence[int], parents: Sequence[int]) -> None:
+    """That ``nodes`` is a path from the root down the tree ``parents`` (see :meth:`Session.keep_path`)."""
+    previous = -1
+    for node in nodes:
+        if not 0 <= node < len(parents) or parents[node] != previous:
+            raise InputError(f"keep_path: {list(nodes)} is not a path from the root of a tree of {len(parents)} nodes")
+        previous = node
+
+
 def canonical_engine(name: str) -> str:
     """The canonical spelling of an engine name (``transformers`` is ``transformers:float32``)."""
     name = (name or "").strip().lower()
@@ -77,6 +96,24 @@ class Session:
     def copy(self) -> "Session":
         """An independent session holding the same tokens."""
         raise NotImplementedError
+
+    # Tree verification (optional): engines that can attend along a tree in one pass set ``supports_tree``.
+    supports_tree: bool = False
+
+    def feed_tree(self, token_ids: Sequence[int], parents: Sequence[int]) -> Any:
+        """Append a tree of tokens in one forward pass; logits at every node (``[nodes, vocab]``).
+
+        ``parents[i]`` is the index of node ``i``'s parent (smaller than ``i``), or -1 for a node that follows
+        the session's last token; each node attends to the session's tokens and its own ancestors only, at
+        the position its depth gives. Until :meth:`keep_path`, ``tokens`` lists the nodes in order (a tree,
+        not a text), so call it before anything else.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot verify a tree in one pass")
+
+    def keep_path(self, nodes: Sequence[int]) -> None:
+        """After :meth:`feed_tree`: keep only ``nodes`` (a root-to-node path of the tree, in order) and drop
+        the rest, so the session holds its earlier tokens followed by that path."""
+        raise NotImplementedError(f"{type(self).__name__} cannot verify a tree in one pass")
 
     def feed(self, token_ids: Sequence[int]) -> Any:
         """Append ``token_ids`` and return the logits for the token after them (1-D tensor)."""

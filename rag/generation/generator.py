@@ -67,7 +67,7 @@ class GroundedGenerator(Component):
     decoding, where its output is token-identical to plain decoding: ``speculative=None`` means "when
     greedy", ``True`` also speculates when sampling (distribution-preserving, not token-identical to
     plain sampling), ``False`` turns it off. ``drafters`` names the drafters (``"sam"``, ``"ngram"``,
-    ``"recycling"``, ``"model"``; several are combined, see :func:`rag.generation.drafters.build_drafter`)
+    ``"recycling"``, ``"recycling-tree"``, ``"model"``; several are combined, see :func:`rag.generation.drafters.build_drafter`)
     and ``draft_model`` the model behind ``"model"`` (it must share the target's tokenizer; naming one adds
     ``"model"``; it runs on the target's engine). Token recycling's table carries over between answers.
     ``context_aware=alpha`` (0, off, by default) turns on context-aware decoding
@@ -229,7 +229,7 @@ class GroundedGenerator(Component):
                 width_costs = measured_width_costs(lm)
             if self._tracker is None:
                 self._tracker = AcceptanceTracker()
-                self._recycle = RecycleTable() if "recycling" in names else None
+                self._recycle = RecycleTable() if any(n.startswith("recycling") for n in names) else None
             drafter = build_drafter(names, draft_lm=draft_lm, recycle=self._recycle)
         load_seconds = time.perf_counter() - started
         prompt_ids = lm.encode_chat(self.messages(query, context))

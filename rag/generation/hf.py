@@ -11,7 +11,9 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from rag.errors import InputError
-from rag.generation.engine import SINK_TOKENS, Engine, Session, check_stream, eos_ids, score_window, surprisal
+from rag.generation.engine import (
+    SINK_TOKENS, Engine, Session, check_path, check_stream, eos_ids, score_window, surprisal, tree_depths,
+)
 from rag.lazy import require
 from rag.shared import shared_model
 
@@ -162,6 +164,7 @@ class TransformersSession(Session):
         self.cache = DynamicCache()
         self.tokens: list[int] = []
         self.passes = 0
+        self._tree: tuple[int, list[int]] | None = None  # (base, parents) of the tree fed last
 
     def feed_all(self, token_ids: Sequence[int], last_only: bool = False) -> Any:
         import torch
@@ -181,12 +184,59 @@ class TransformersSession(Session):
         if length < self.length:
             self.cache.crop(length - self.length)  # transformers 5 takes minus the number of tokens to drop
             del self.tokens[length:]
+        self._tree = None
+
+    @property
+    def supports_tree(self) -> bool:  # type: ignore[override]
+        # A custom 4D mask and explicit positions reach every attention implementation of a decoder; the
+        # cache must be plain per-layer tensors for keep_path to gather from (no sliding-window layers).
+        return all(type(layer).__name__ == "DynamicLayer" for layer in getattr(self.cache, "layers", []))
+
+    def feed_tree(self, token_ids: Sequence[int], parents: Sequence[int]) -> Any:
+        import torch
+
+        if not token_ids or len(parents) != len(token_ids):
+            raise InputError(f"feed_tree: {len(token_ids)} tokens with {len(parents)} parents")
+        depths = tree_depths(parents)
+        base, n = self.length, len(token_ids)
+        allowed = torch.zeros(n, base + n, dtype=torch.bool)
+        allowed[:, :base] = True
+        for i, parent in enumerate(parents):
+            allowed[i, base + i] = True
+            if parent >= 0:
+                allowed[i, base:base + i] |= allowed[parent, base:base + i]
+        dtype = self.engine.model.dtype
+        mask = torch.zeros(1, 1, n, base + n, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+        positions = torch.tensor([[base + d for d in depths]])
+        with torch.inference_mode():
+            out = self.engine.model(input_ids=torch.tensor([list(token_ids)]), past_key_values=self.cache,
+                                    attention_mask=mask, position_ids=positions, use_cache=True)
+        self.cache = out.past_key_values
+        self.tokens.extend(int(t) for t in token_ids)
+        self.passes += 1
+        self._tree = (base, list(parents))
+        return out.logits[0]
+
+    def keep_path(self, nodes: Sequence[int]) -> None:
+        import torch
+
+        if getattr(self, "_tree", None) is None:
+            raise InputError("keep_path: no tree was fed since the last crop")
+        base, parents = self._tree
+        check_path(nodes, parents)
+        keep = torch.tensor(list(range(base)) + [base + node for node in nodes])
+        for layer in self.cache.layers:
+            layer.keys = layer.keys.index_select(-2, keep)
+            layer.values = layer.values.index_select(-2, keep)
+        self.tokens = self.tokens[:base] + [self.tokens[base + node] for node in nodes]
+        self._tree = None
 
     def copy(self) -> "TransformersSession":
         import copy
 
         twin = TransformersSession.__new__(TransformersSession)
         twin.engine, twin.cache, twin.tokens, twin.passes = self.engine, copy.deepcopy(self.cache), list(self.tokens), 0
+        twin._tree = None
         return twin
 
 

@@ -35,13 +35,19 @@ PAD = "pad"
 @dataclass
 class Draft:
     """Proposed continuation. ``probs`` holds the draft distribution of each token (a draft model's
-    softmax) or is None for a point mass; ``confidence`` optionally estimates each token's acceptance."""
+    softmax) or is None for a point mass; ``confidence`` optionally estimates each token's acceptance.
+
+    A tree draft sets ``parents``: token ``i`` follows token ``parents[i]`` (an earlier index), or the last
+    accepted token for -1; nodes come best first, and ``confidence`` then estimates each node's chance of
+    being accepted (not given its parent). Without ``parents`` the tokens are a path.
+    """
 
     tokens: list[int]
     source: str
     match_length: int = 0
     probs: list[Any] | None = None
     confidence: list[float] | None = None
+    parents: list[int] | None = None
 
 
 @dataclass
@@ -179,6 +185,47 @@ class WidthPolicy:
         return best_width
 
 
+    def choose_tree(self, node_probs: list[float]) -> int:
+        """Best width (1 + nodes fed) for a tree draft whose nodes, best first, are accepted with probability
+        ``node_probs[i]`` each: the expected tokens of a pass are 1 plus their sum."""
+        best_width, best_value = 1, 1.0 / self.costs[1]
+        for width, cost in self.costs.items():
+            expected = 1.0 + sum(node_probs[: width - 1])
+            if expected / cost > best_value + 1e-9:
+                best_width, best_value = width, expected / cost
+        return best_width
+
+
+def main_path(draft: Draft) -> Draft:
+    """A tree draft reduced to its main path (each node's first child, from the root), for engines and
+    sampling that verify paths only; a path draft is returned as it is."""
+    if draft.parents is None:
+        return draft
+    tokens, node = [], -1
+    for i, parent in enumerate(draft.parents):
+        if parent == node:
+            tokens.append(draft.tokens[i])
+            node = i
+    return Draft(tokens=tokens, source=draft.source, match_length=draft.match_length)
+
+
+def verify_tree(logits: Any, nodes: list[int], parents: list[int]) -> tuple[list[int], list[int], int]:
+    """Greedy verification of a tree fed as ``nodes`` (node 0 the pending token, ``parents[0] == -1``):
+    the accepted path's node indices (from 0), its accepted tokens, and the target's next token after it."""
+    children: dict[int, dict[int, int]] = {}
+    for node in range(1, len(nodes)):
+        children.setdefault(parents[node], {}).setdefault(nodes[node], node)
+    predicted = logits.argmax(dim=-1).tolist()
+    path, accepted, node = [0], [], 0
+    while True:
+        child = children.get(node, {}).get(predicted[node])
+        if child is None:
+            return path, accepted, predicted[node]
+        accepted.append(nodes[child])
+        path.append(child)
+        node = child
+
+
 def measure_width_costs(lm: Engine, context_ids: list[int], widths: list[int], repeats: int = 3) -> dict[int, float]:
     """Time verification passes of each width after ``context_ids``; relative to width 1 (median of repeats)."""
     import statistics
@@ -256,34 +303,13 @@ def speculative_decode(
         remaining = max_new_tokens - stats.new_tokens  # the pending token of this pass is the last one we may need
         k = min(policy.max_draft, remaining)
         draft = drafter.propose(sequence, k) if k > 0 else Draft([], "none")
-        tokens = draft.tokens[:k]
-        if draft.confidence is not None:
-            probs = [min(c, 0.99) for c in draft.confidence[: len(tokens)]]
+        if draft.parents is not None and (temperature > 0 or not session.supports_tree):
+            draft = main_path(draft)  # tree verification here is greedy and needs the engine's tree mask
+        if draft.parents is not None:
+            accepted, pending = _verify_tree(session, draft, pending, policy, observe, stats)
         else:
-            probs = tracker.accept_probs(draft.source, draft.match_length, len(tokens))
-        width = policy.choose(probs) if tokens else 1
-        if width == 1 and tokens and draft.confidence is None and tracker.declined(draft.source, draft.match_length):
-            width = policy.choose([0.99] * len(tokens))  # explore: verify the draft so the estimate can recover
-        tokens = tokens[: width - 1]
-        n_real = len(tokens)
-        fed_draft = tokens + [tokens[-1] if tokens else pending] * (width - 1 - n_real)
-        base = session.length  # the pending token is not in the cache yet
-        all_logits = session.feed_all([pending, *fed_draft])
-        if observe is not None:  # drafters that learn from the target's passes (token recycling)
-            observe([pending, *fed_draft], all_logits)
-        stats.forward_passes += 1
-        stats.widths[width] = stats.widths.get(width, 0) + 1
-        accepted, pending = _verify(all_logits, fed_draft, draft.probs, temperature, generator)
-        session.crop(base + 1 + len(accepted))
-        if n_real:
-            stats.verify_passes += 1
-            got = min(len(accepted), n_real)
-            stats.drafted[draft.source] = stats.drafted.get(draft.source, 0) + n_real
-            stats.accepted[draft.source] = stats.accepted.get(draft.source, 0) + got
-            tracker.update(draft.source, draft.match_length, n_real, got)
-            if len(fed_draft) > n_real:
-                stats.drafted[PAD] = stats.drafted.get(PAD, 0) + len(fed_draft) - n_real
-                stats.accepted[PAD] = stats.accepted.get(PAD, 0) + len(accepted) - got
+            accepted, pending = _verify_path(session, draft, pending, k, policy, tracker, observe, stats, temperature,
+                                             generator)
         for token in accepted:
             if token in eos:
                 pending = token
@@ -300,6 +326,63 @@ def speculative_decode(
             break
     if decode_started is not None:
         stats.decode_seconds = time.perf_counter() - decode_started
+
+
+def _verify_tree(session: Session, draft: Draft, pending: int, policy: WidthPolicy, observe: Any,
+                 stats: SpecStats) -> tuple[list[int], int]:
+    """One pass verifying a tree draft (its best nodes, as many as the policy's width allows), greedily:
+    the accepted path's tokens and the target's next token; the session keeps the pending token and them."""
+    width = policy.choose_tree(draft.confidence or [0.0] * len(draft.tokens))
+    nodes = [pending, *draft.tokens[: width - 1]]
+    parents = [-1] + [p + 1 for p in draft.parents[: width - 1]]  # type: ignore[index]
+    all_logits = session.feed_tree(nodes, parents)
+    if observe is not None:
+        observe(nodes, all_logits)
+    path, accepted, pending = verify_tree(all_logits, nodes, parents)
+    session.keep_path(path)
+    stats.forward_passes += 1
+    stats.widths[len(nodes)] = stats.widths.get(len(nodes), 0) + 1
+    if len(nodes) > 1:
+        stats.verify_passes += 1
+        stats.drafted[draft.source] = stats.drafted.get(draft.source, 0) + len(nodes) - 1
+        stats.accepted[draft.source] = stats.accepted.get(draft.source, 0) + len(accepted)
+    return accepted, pending
+
+
+def _verify_path(session: Session, draft: Draft, pending: int, k: int, policy: WidthPolicy,
+                 tracker: AcceptanceTracker, observe: Any, stats: SpecStats, temperature: float,
+                 generator: Any) -> tuple[list[int], int]:
+    """One pass verifying a path draft (trimmed or padded to the width the policy picks): the accepted
+    draft tokens and the target's next token; the session keeps the pending token and the accepted ones."""
+    tokens = draft.tokens[:k]
+    if draft.confidence is not None:
+        probs = [min(c, 0.99) for c in draft.confidence[: len(tokens)]]
+    else:
+        probs = tracker.accept_probs(draft.source, draft.match_length, len(tokens))
+    width = policy.choose(probs) if tokens else 1
+    if width == 1 and tokens and draft.confidence is None and tracker.declined(draft.source, draft.match_length):
+        width = policy.choose([0.99] * len(tokens))  # explore: verify the draft so the estimate can recover
+    tokens = tokens[: width - 1]
+    n_real = len(tokens)
+    fed_draft = tokens + [tokens[-1] if tokens else pending] * (width - 1 - n_real)
+    base = session.length  # the pending token is not in the cache yet
+    all_logits = session.feed_all([pending, *fed_draft])
+    if observe is not None:  # drafters that learn from the target's passes (token recycling)
+        observe([pending, *fed_draft], all_logits)
+    stats.forward_passes += 1
+    stats.widths[width] = stats.widths.get(width, 0) + 1
+    accepted, pending = _verify(all_logits, fed_draft, draft.probs, temperature, generator)
+    session.crop(base + 1 + len(accepted))
+    if n_real:
+        stats.verify_passes += 1
+        got = min(len(accepted), n_real)
+        stats.drafted[draft.source] = stats.drafted.get(draft.source, 0) + n_real
+        stats.accepted[draft.source] = stats.accepted.get(draft.source, 0) + got
+        tracker.update(draft.source, draft.match_length, n_real, got)
+        if len(fed_draft) > n_real:
+            stats.drafted[PAD] = stats.drafted.get(PAD, 0) + len(fed_draft) - n_real
+            stats.accepted[PAD] = stats.accepted.get(PAD, 0) + len(accepted) - got
+    return accepted, pending
 
 
 def _verify(logits: Any, draft: list[int], draft_probs: list[Any] | None, temperature: float,

@@ -116,6 +116,40 @@ def test_recycle_table_keeps_the_latest_top_candidates_after_each_token():
     assert drafter.propose([5], 3).tokens == []
 
 
+def test_recycle_table_counts_rank_hits_at_the_first_token_fed_and_drafts_trees_best_first():
+    import torch
+
+    table = RecycleTable(k=2)
+    assert table.rank_probs() == pytest.approx([1 / 3, 1 / 3])  # no lookups yet: the even prior
+    assert table.tree(1, 4) == ([], [], [])
+    logits = torch.zeros(3, 10)
+    logits[0, 7], logits[0, 4] = 5.0, 3.0  # after 1: 7, 4
+    logits[1, 2], logits[1, 9] = 5.0, 4.0  # after 7: 2, 9
+    logits[2, 1], logits[2, 3] = 5.0, 4.0  # after 4: 1, 3
+    table.update([1, 7, 4], logits)
+    assert table.lookups == 0  # rows were unseen
+    again = torch.zeros(2, 10)
+    again[0, 4], again[0, 7] = 5.0, 3.0  # after 1 the target now says 4: rank 1 of the old row [7, 4]
+    again[1, 5], again[1, 6] = 5.0, 4.0  # position 2 follows a draft token: not counted
+    table.update([1, 7], again)
+    assert (table.lookups, table.rank_hits) == (1, [0, 1])
+    probs = table.rank_probs()
+    assert probs == pytest.approx([(0 + 1 / 3) / 2, (1 + 1 / 3) / 2])
+    # the row of 1 is now [4, 7]; of 4: [1, 3]; of 7: [5, 6]. Rank 1 hits more often than rank 0 so far,
+    # so 7 (rank 1 after 1) comes first, then 6 (rank 1 after 7: 0.67 x 0.67), then 4 (rank 0 after 1).
+    tokens, parents, values = table.tree(1, 4)
+    assert tokens[:3] == [7, 6, 4] and parents[:3] == [-1, 0, -1]
+    assert all(p < i for i, p in enumerate(parents))  # every prefix is a tree
+    assert values == sorted(values, reverse=True)  # best first
+    for i, parent in enumerate(parents):  # a node's estimate is its parent's times its rank's hit rate
+        row = table.table[1 if parent < 0 else tokens[parent]].tolist()
+        assert values[i] == pytest.approx((1.0 if parent < 0 else values[parent]) * probs[row.index(tokens[i])])
+    drafter = RecyclingDrafter(table, tree=True)
+    draft = drafter.propose([9, 1], 3)
+    assert (draft.tokens, draft.parents, draft.confidence) == (tokens[:3], parents[:3], values[:3])
+    assert not RecyclingDrafter(table).propose([9, 1], 3).parents  # path drafts by default
+
+
 def test_recycling_is_the_fallback_where_no_passage_matches():
     import torch
 
@@ -130,6 +164,9 @@ def test_recycling_is_the_fallback_where_no_passage_matches():
     assert combined.propose(prompt + [30, 2, 3], 2).tokens == [4, 5]  # a passage match of 2 wins
     with pytest.raises(InputError, match="name one of them"):
         build_drafter(["sam", "recycling", "model"], draft_lm=object())
+    with pytest.raises(InputError, match="name one of them"):
+        build_drafter(["recycling", "recycling-tree"])
+    assert build_drafter(["sam", "recycling-tree"]).fallback.tree
 
 
 def test_drafter_names_are_checked():

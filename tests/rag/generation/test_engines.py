@@ -99,13 +99,42 @@ def test_speculative_decoding_reproduces_the_engines_own_plain_greedy(name):
         drafted += sum(stats.drafted.values())
         check_same_or_near_tie(lm, prompt, plain, fast)
         # Token recycling, alone and as the passage drafters' fallback: drafts from the target's own passes.
-        for names in (["recycling"], ["sam", "ngram", "recycling"]):
+        # (tree drafts on the transformers engines; llama.cpp verifies their main path)
+        for names in (["recycling"], ["sam", "ngram", "recycling"], ["recycling-tree"], ["sam", "ngram", "recycling-tree"]):
             stats = SpecStats()
             recycled = list(speculative_decode(lm, prompt, build_drafter(names), max_new_tokens=40, stats=stats,
                                                policy=WidthPolicy({1: 1.0, 4: 1.2, 8: 1.3})))
             check_same_or_near_tie(lm, prompt, plain, recycled)
             assert stats.drafted.get("recycling", 0) > 0
     assert drafted > 0  # the loop did speculate
+
+
+@pytest.mark.parametrize("name", ENGINES)
+def test_a_tree_fed_in_one_pass_gives_each_branchs_own_logits(name):
+    lm = engine_or_skip(name)
+    prompt = rag_prompts(lm)[0]
+    session = lm.new_session()
+    session.prefill(prompt)
+    if name == "llama.cpp":
+        assert not session.supports_tree  # one sequence per pass: the loop verifies a tree's main path
+        return
+    assert session.supports_tree
+    a, b, c, d, e = prompt[5:10]
+    tree = session.copy()
+    logits = tree.feed_tree([a, b, c, d, e], [-1, -1, 0, 1, 2]).float()  # branches a-c-e and b-d
+    first, second = session.copy(), session.copy()
+    atol = 1e-3 if name == "transformers:float32" else 0.5  # bf16 rounds by batch shape
+    torch.testing.assert_close(logits[[0, 2, 4]], first.feed_all([a, c, e]).float(), atol=atol, rtol=0)
+    torch.testing.assert_close(logits[[1, 3]], second.feed_all([b, d]).float(), atol=atol, rtol=0)
+    tree.keep_path([1, 3])  # keep b-d: the session now holds the prompt and b, d, and goes on from there
+    assert tree.tokens == prompt + [b, d]
+    torch.testing.assert_close(tree.feed([e]).float(), second.feed([e]).float(), atol=atol, rtol=0)
+    with pytest.raises(InputError, match="not a path"):
+        again = session.copy()
+        again.feed_tree([a, b, c], [-1, -1, 0])
+        again.keep_path([1, 2])  # 2 hangs under 0, not under 1
+    with pytest.raises(InputError, match="parent"):
+        session.copy().feed_tree([a, b], [-1, 1])
 
 
 @pytest.mark.parametrize("name", ENGINES)

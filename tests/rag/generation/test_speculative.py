@@ -147,6 +147,85 @@ def test_streaming_yields_tokens_as_they_are_accepted(lm):
     assert session.tokens[: len(prompt) + 10] == prompt + got
 
 
+class ScriptedTree:
+    """A tree drafter that knows the answer: each level holds a wrong token first, then the right one, so
+    only the second branch at every depth is accepted (and the main path, all wrong tokens, never is)."""
+
+    def __init__(self, prompt: list[int], answer: list[int], depth: int = 3) -> None:
+        self.text, self.depth = prompt + answer, depth
+
+    def start(self, prompt_ids, temperature=0.0, generator=None) -> None:
+        pass
+
+    def propose(self, tokens, k):
+        from rag.generation.speculative import Draft
+
+        right = self.text[len(tokens):len(tokens) + self.depth]
+        nodes, parents, parent = [], [], -1
+        for token in right:
+            nodes += [(token + 1) % 60, token]
+            parents += [parent, parent]
+            parent = len(nodes) - 1
+        return Draft(tokens=nodes[:k], source="scripted", parents=parents[:k], confidence=[0.9] * len(nodes[:k]))
+
+
+def test_tree_drafts_are_verified_in_one_pass_and_keep_only_the_accepted_branch(lm):
+    prompt = prompts(1, seed=6)[0]
+    plain = list(decode(lm, prompt, max_new_tokens=30))
+    session = lm.new_session()
+    stats = SpecStats()
+    ours = list(speculative_decode(lm, prompt, ScriptedTree(prompt, plain), max_new_tokens=30, stats=stats,
+                                   session=session, policy=EAGER))
+    assert_greedy_tokens(lm, prompt, ours, plain)
+    # every pass accepts the three right tokens hidden in second branches (4 tokens a pass with the target's)
+    assert stats.accepted["scripted"] >= 3 * (stats.verify_passes - 1) and stats.forward_passes <= 10
+    assert session.tokens == (prompt + ours)[: session.length]  # rejected branches left the cache
+    assert session.cache.get_seq_length() == session.length
+
+
+class NoTrees:
+    """A session wrapper that fails if a tree is fed; ``supports_tree`` as given (False: as llama.cpp's)."""
+
+    def __init__(self, session, supports_tree: bool = False) -> None:
+        self.inner, self.supports_tree = session, supports_tree
+
+    def __getattr__(self, name):
+        if name in ("feed_tree", "keep_path"):
+            raise AssertionError(f"{name} called on a session without trees")
+        return getattr(self.inner, name)
+
+
+def test_a_tree_is_reduced_to_its_main_path_without_tree_support_or_when_sampling(lm):
+    prompt = prompts(1, seed=6)[0]
+    plain = list(decode(lm, prompt, max_new_tokens=12))
+    stats = SpecStats()
+    ours = list(speculative_decode(lm, prompt, ScriptedTree(prompt, plain), max_new_tokens=12, stats=stats,
+                                   session=NoTrees(lm.new_session()), policy=EAGER))
+    assert_greedy_tokens(lm, prompt, ours, plain)
+    assert stats.accepted.get("scripted", 0) == 0  # the main path holds the wrong tokens only
+    # sampling verifies paths only (tree verification is greedy), even where the session could take a tree
+    sampled = list(speculative_decode(lm, prompt, ScriptedTree(prompt, plain), max_new_tokens=12, temperature=1.0,
+                                      session=NoTrees(lm.new_session(), supports_tree=True), policy=EAGER, seed=3))
+    assert 0 < len(sampled) <= 12
+
+
+@pytest.mark.parametrize("make", [tiny_lm, tiny_llama], ids=["qwen2", "llama"])
+def test_token_recycling_trees_are_token_identical_to_plain_greedy(make):
+    from rag.generation.drafters import RecycleTable, build_drafter
+
+    lm = make(0)
+    table = RecycleTable()
+    tree_nodes = 0
+    for prompt in prompts(3, seed=8):
+        plain = list(decode(lm, prompt, max_new_tokens=40))
+        stats = SpecStats()
+        ours = list(speculative_decode(lm, prompt, build_drafter(["recycling-tree"], recycle=table),
+                                       max_new_tokens=40, stats=stats, policy=EAGER))
+        assert_greedy_tokens(lm, prompt, ours, plain)
+        tree_nodes += stats.drafted.get("recycling", 0)
+    assert tree_nodes > 0 and table.lookups > 0
+
+
 def test_width_policy_prefers_cheap_widths():
     policy = WidthPolicy({1: 1.0, 2: 2.1, 3: 2.8, 4: 1.8, 8: 2.2, 16: 2.6})
     assert policy.choose([0.95] * 2) == 4  # a 2-token draft is padded to width 4 (cheaper than width 3)
@@ -154,6 +233,10 @@ def test_width_policy_prefers_cheap_widths():
     assert policy.choose([0.9] * 15) in (8, 16)
     with pytest.raises(Exception, match="width 1"):
         WidthPolicy({4: 1.0})
+    # a tree's expected tokens are 1 + the sum of its nodes' chances (best first)
+    assert policy.choose_tree([0.9, 0.8, 0.1]) == 4  # 2.8 tokens for 1.8
+    assert policy.choose_tree([0.1] * 15) == 1
+    assert policy.choose_tree([0.5] * 15) == 16  # 8.5 for 2.6
 
 
 def test_measured_width_costs_are_relative_to_one_token(lm):
