@@ -18,7 +18,9 @@ substituted passages are answered with context-aware decoding at each ``a`` aske
     ('name:team', None)
 
 Each condition's answers go to ``OUT/CONDITION.jsonl`` (one record per question), so conditions can run in
-separate processes into one folder; the summary covers every condition file found there.
+separate processes into one folder; the summary covers the questions every condition file found there
+answered. ``--known-only`` answers the other conditions only on the questions the model answers correctly
+closed book: the real conflicts with its memory (few for a small model).
 """
 
 from __future__ import annotations
@@ -327,6 +329,9 @@ def add_conflict_parser(commands: "argparse._SubParsersAction[argparse.ArgumentP
     parser.add_argument("--conditions", nargs="+", default=["closed-book", "original", "substituted",
                                                              "substituted@0.5", "substituted@1"],
                         help="closed-book, original, substituted, substituted@A (default: all, a = 0.5 and 1)")
+    parser.add_argument("--known-only", action="store_true",
+                        help="answer the other conditions only where the closed-book answer holds the original "
+                             "(a real conflict with the model's memory); closed-book must be the first condition")
     parser.add_argument("--set", dest="settings", action="append", default=[], metavar="generator.KEY=VALUE",
                         help="a generator parameter (for example generator.engine=transformers:float32)")
     parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="run folder (one file per condition)")
@@ -344,6 +349,9 @@ def conflict_command(args: argparse.Namespace) -> int:
         raise InputError(f"eval conflict: --set names {sorted(unknown)}; only generator.KEY=VALUE applies here")
     for condition in args.conditions:
         parse_condition(condition)
+    if args.known_only and args.conditions[0] != "closed-book":
+        raise InputError("eval conflict: --known-only needs closed-book as the first condition (it finds the "
+                         "questions whose answer the model knows)")
     conflicts = build_conflicts(args.data, limit=args.limit, skip=args.skip, seed=args.seed)
     if not conflicts:
         raise InputError(f"eval conflict: no question of {args.data} has a swappable answer entity")
@@ -356,7 +364,14 @@ def conflict_command(args: argparse.Namespace) -> int:
         kinds[conflict.kind] = kinds.get(conflict.kind, 0) + 1
     print(f"{len(conflicts)} conflicts: " + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())), file=sys.stderr)
     for condition in args.conditions:
-        run_condition(conflicts, condition, settings.get("generator"), out=args.out / f"{condition}.jsonl")
+        records = run_condition(conflicts, condition, settings.get("generator"), out=args.out / f"{condition}.jsonl")
+        if args.known_only and condition == "closed-book":
+            known = {r["question_id"] for r in records if r["judged"] == "memory"}
+            conflicts = [c for c in conflicts if c.question_id in known]
+            print(f"the model answers {len(conflicts)} of {len(records)} questions closed book: the other "
+                  "conditions run on those", file=sys.stderr)
+            if not conflicts:
+                break
     records = read_records(args.out)
     summary = summarise(records)
     differences = {f"passage share, {name} - substituted": paired_difference(records, "substituted", name)

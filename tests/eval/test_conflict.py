@@ -119,3 +119,28 @@ def test_every_condition_runs_on_a_real_engine_and_is_summarised(tmp_path: Path)
     for row in summary.values():
         assert row["questions"] == len(conflicts)
         assert row["passage"] + row["memory"] + row["other"] == pytest.approx(1.0, abs=0.002)
+
+
+def test_the_command_runs_known_only_conditions_where_the_model_knows_the_answer(tmp_path: Path, capsys) -> None:
+    from rag.cli import main
+    from tests.eval.test_rag_eval import make_tiny_lm
+
+    model = make_tiny_lm(tmp_path / "lm")
+    folder = make_folder(tmp_path / "qa")
+    out = tmp_path / "run"
+    sets = ["--set", f"generator.model={model}", "--set", "generator.engine=transformers:float32",
+            "--set", "generator.max_new_tokens=4"]
+    code = main(["--threads", "1", "eval", "conflict", "--data", str(folder), "--out", str(out), "--known-only",
+                 "--conditions", "closed-book", "substituted", *sets])
+    assert code == 0
+    closed = [json.loads(line) for line in (out / "closed-book.jsonl").read_text().splitlines()]
+    known = {r["question_id"] for r in closed if r["judged"] == "memory"}
+    answered = out / "substituted.jsonl"
+    assert {json.loads(line)["question_id"] for line in answered.read_text().splitlines()} == known if known else (
+        not answered.exists())
+    assert len((out / "conflicts.jsonl").read_text().splitlines()) == len(closed) == len(build_conflicts(folder))
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["summary"]["closed-book"]["questions"] == (len(known) if known else len(closed))
+    code = main(["eval", "conflict", "--data", str(folder), "--out", str(out), "--known-only",
+                 "--conditions", "substituted", "closed-book"])
+    assert code == 2 and "closed-book as the first condition" in capsys.readouterr().err
