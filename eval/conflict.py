@@ -322,7 +322,7 @@ def add_conflict_parser(commands: "argparse._SubParsersAction[argparse.ArgumentP
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--data", required=True, metavar="DIR", help="QA folder with gold passages in qrels/test.tsv")
+    parser.add_argument("--data", metavar="DIR", help="QA folder with gold passages in qrels/test.tsv")
     parser.add_argument("--limit", type=int, metavar="N", help="take conflicts from the first N questions")
     parser.add_argument("--skip", type=int, default=0, metavar="N", help="skip the first N questions")
     parser.add_argument("--seed", type=int, default=0, help="seed of the substitute draw (default 0)")
@@ -334,7 +334,10 @@ def add_conflict_parser(commands: "argparse._SubParsersAction[argparse.ArgumentP
                              "(a real conflict with the model's memory); closed-book must be the first condition")
     parser.add_argument("--set", dest="settings", action="append", default=[], metavar="generator.KEY=VALUE",
                         help="a generator parameter (for example generator.engine=transformers:float32)")
-    parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="run folder (one file per condition)")
+    parser.add_argument("--out", type=Path, metavar="DIR", help="run folder (one file per condition)")
+    parser.add_argument("--summarise", nargs="+", type=Path, metavar="RUN",
+                        help="only print the summary of these run folders taken together (runs of disjoint "
+                             "question ranges, e.g. --skip 0 --limit 500 and --skip 500 --limit 500)")
     parser.set_defaults(func=conflict_command)
     return parser
 
@@ -343,6 +346,19 @@ def add_conflict_parser(commands: "argparse._SubParsersAction[argparse.ArgumentP
 def conflict_command(args: argparse.Namespace) -> int:
     from eval.retrieval import parse_settings
 
+    if args.summarise:
+        records: dict[str, list[dict[str, Any]]] = {}
+        for run in args.summarise:
+            if not run.is_dir():
+                raise InputError(f"eval conflict --summarise: {run} is not a run folder")
+            for condition, rows in read_records(run).items():
+                records.setdefault(condition, []).extend(rows)
+        if not records:
+            raise InputError(f"eval conflict --summarise: no answers in {', '.join(map(str, args.summarise))}")
+        _print_summary(records)
+        return 0
+    if args.data is None or args.out is None:
+        raise InputError("eval conflict: --data and --out are needed (or --summarise RUN...)")
     settings = parse_settings(args.settings)
     unknown = set(settings) - {"generator"}
     if unknown:
@@ -372,10 +388,13 @@ def conflict_command(args: argparse.Namespace) -> int:
                   "conditions run on those", file=sys.stderr)
             if not conflicts:
                 break
-    records = read_records(args.out)
+    _print_summary(read_records(args.out))
+    return 0
+
+
+def _print_summary(records: dict[str, list[dict[str, Any]]]) -> None:
     summary = summarise(records)
     differences = {f"passage share, {name} - substituted": paired_difference(records, "substituted", name)
                    for name in records if name.startswith("substituted@") and "substituted" in records}
     print(format_summary(summary, differences))
     print(json.dumps({"summary": summary, "differences": differences}), flush=True)
-    return 0

@@ -144,3 +144,13 @@ def test_the_command_runs_known_only_conditions_where_the_model_knows_the_answer
     code = main(["eval", "conflict", "--data", str(folder), "--out", str(out), "--known-only",
                  "--conditions", "substituted", "closed-book"])
     assert code == 2 and "closed-book as the first condition" in capsys.readouterr().err
+    # runs over disjoint question ranges are summarised together
+    second = tmp_path / "second"
+    assert main(["--threads", "1", "eval", "conflict", "--data", str(folder), "--out", str(second), "--skip", "4",
+                 "--conditions", "closed-book", *sets]) == 0
+    capsys.readouterr()
+    assert main(["eval", "conflict", "--summarise", str(out), str(second)]) == 0
+    together = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    later = len([c for c in build_conflicts(folder) if c.question_id not in {"q1", "q2", "q3", "q4"}])
+    assert together["summary"]["closed-book"]["questions"] == (len(known) if known else len(closed) + later)
+    assert main(["eval", "conflict", "--out", str(out)]) == 2
