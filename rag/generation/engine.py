@@ -5,7 +5,9 @@ model, LLM rerankers, LM-based chunkers and pruners) talks to an :class:`Engine`
 chats (always with the model's Hugging Face tokenizer, so every engine reads the same token ids), opens
 :class:`Session` objects that hold a KV cache over one token sequence, and scores text. A session feeds
 tokens and returns logits at the positions asked for, crops its cache to a length (speculative rollback)
-and copies itself (a cached system-prompt prefix reused for each question). Scoring: next-token logits
+and copies itself (a cached system-prompt prefix reused for each question); where the engine can, it also
+feeds a tree of draft tokens in one pass and keeps the accepted branch (``supports_tree``: transformers,
+with a tree attention mask). Scoring: next-token logits
 after a batch of prompts (rerankers, the margin chunker), each token's surprisal in a batch of rows (the
 surprisal pruner) and in one long stream read with a bounded cache (the perplexity chunker).
 
