@@ -13,6 +13,11 @@ the Qwen models widths 4, 8 and 16 cost 1.7-2.1 one-token passes, widths 2, 3 an
 :class:`WidthPolicy` therefore picks, for each draft, the verification width that maximises expected
 tokens per unit of cost, padding a short draft up to a cheap width (a padding token that happens to
 match the target is accepted like any other: verification is exact whatever is fed) or trimming it.
+
+A drafter may also propose a tree (``Draft.parents``, token recycling's ``recycling-tree``): where the
+session can attend along a tree (:attr:`rag.generation.engine.Session.supports_tree`), greedy decoding feeds
+its best nodes in one pass, follows the target's argmax down the tree as far as a child matches, and keeps
+only that branch in the cache; elsewhere, and when sampling, the tree's main path is verified as a path.
 """
 
 from __future__ import annotations
@@ -183,7 +188,6 @@ class WidthPolicy:
             if expected / cost > best_value + 1e-9:
                 best_width, best_value = width, expected / cost
         return best_width
-
 
     def choose_tree(self, node_probs: list[float]) -> int:
         """Best width (1 + nodes fed) for a tree draft whose nodes, best first, are accepted with probability
