@@ -67,7 +67,8 @@ class GroundedGenerator(Component):
     decoding, where its output is token-identical to plain decoding: ``speculative=None`` means "when
     greedy", ``True`` also speculates when sampling (distribution-preserving, not token-identical to
     plain sampling), ``False`` turns it off. ``drafters`` names the drafters (``"sam"``, ``"ngram"``,
-    ``"recycling"``, ``"recycling-tree"``, ``"model"``; several are combined, see :func:`rag.generation.drafters.build_drafter`)
+    ``"recycling"``, ``"recycling-tree"``, ``"model"``; several are combined, see
+    :func:`rag.generation.drafters.build_drafter`)
     and ``draft_model`` the model behind ``"model"`` (it must share the target's tokenizer; naming one adds
     ``"model"``; it runs on the target's engine). Token recycling's table carries over between answers.
     ``context_aware=alpha`` (0, off, by default) turns on context-aware decoding

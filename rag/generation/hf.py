@@ -188,9 +188,14 @@ class TransformersSession(Session):
 
     @property
     def supports_tree(self) -> bool:  # type: ignore[override]
-        # A custom 4D mask and explicit positions reach every attention implementation of a decoder; the
-        # cache must be plain per-layer tensors for keep_path to gather from (no sliding-window layers).
-        return all(type(layer).__name__ == "DynamicLayer" for layer in getattr(self.cache, "layers", []))
+        # A custom 4D mask and explicit positions reach every attention implementation of a decoder, but
+        # the mask replaces the model's own: models with sliding-window attention would lose their window.
+        # The cache must be plain per-layer tensors for keep_path to gather from.
+        config = self.engine.model.config
+        sliding = "sliding_attention" in (getattr(config, "layer_types", None) or []) or bool(
+            getattr(config, "use_sliding_window", True) and getattr(config, "sliding_window", None))
+        layers = getattr(self.cache, "layers", [])
+        return not sliding and all(type(layer).__name__ == "DynamicLayer" for layer in layers)
 
     def feed_tree(self, token_ids: Sequence[int], parents: Sequence[int]) -> Any:
         import torch

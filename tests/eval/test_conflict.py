@@ -13,7 +13,8 @@ from eval.conflict import (
 from rag.errors import InputError
 
 PASSAGES = [
-    ("a-0", "Rivers", "The Rhine flows 1,230 kilometres. Its course was mapped in 1815 by Anna Weber, who lived in Basel."),
+    ("a-0", "Rivers", "The Rhine flows 1,230 kilometres. Its course was mapped in 1815 by Anna Weber, who lived "
+                      "in Basel."),
     ("a-1", "Rivers", "The Danube team Blue Sharks won the race in 1920."),
     ("b-0", "Cities", "Warsaw was rebuilt after 1945 by Jan Kowalski. The city's team is Red Lions."),
     ("b-1", "Cities", "The palace was finished on March 3, 1790, in Krakow."),

@@ -100,7 +100,8 @@ def test_speculative_decoding_reproduces_the_engines_own_plain_greedy(name):
         check_same_or_near_tie(lm, prompt, plain, fast)
         # Token recycling, alone and as the passage drafters' fallback: drafts from the target's own passes.
         # (tree drafts on the transformers engines; llama.cpp verifies their main path)
-        for names in (["recycling"], ["sam", "ngram", "recycling"], ["recycling-tree"], ["sam", "ngram", "recycling-tree"]):
+        for names in (["recycling"], ["sam", "ngram", "recycling"], ["recycling-tree"],
+                      ["sam", "ngram", "recycling-tree"]):
             stats = SpecStats()
             recycled = list(speculative_decode(lm, prompt, build_drafter(names), max_new_tokens=40, stats=stats,
                                                policy=WidthPolicy({1: 1.0, 4: 1.2, 8: 1.3})))

@@ -397,3 +397,14 @@ def test_exploration_drafts_even_when_no_width_pays_at_the_estimate(lm):
     list(speculative_decode(lm, prompt, SuffixAutomatonDrafter(), max_new_tokens=40, stats=stats,
                             policy=WidthPolicy({1: 1.0, 8: 2.5}), tracker=never))
     assert stats.verify_passes == 0
+
+
+def test_models_with_sliding_window_attention_verify_trees_as_paths():
+    """A custom tree mask replaces the model's own, so a sliding-window model would lose its window."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    config = MistralConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                           num_attention_heads=4, num_key_value_heads=2, sliding_window=16)
+    mistral = TransformersEngine("tiny-mistral", MistralForCausalLM(config).eval(), None, eos_token_ids=frozenset({EOS}))
+    assert not mistral.new_session().supports_tree
+    assert tiny_lm().new_session().supports_tree and tiny_llama().new_session().supports_tree
