@@ -175,8 +175,11 @@ def run_ours(lm: Any, prompt: list[int], drafter: Any, max_new_tokens: int, gene
     return tokens, first - started, ended - first, stats
 
 
-def divergence(lm: Any, prompt: list[int], reference: list[int], other: list[int]) -> dict[str, Any] | None:
-    """Where ``other`` first leaves ``reference`` (plain greedy), with plain decoding's two top logits there."""
+def divergence(lm: Any, prompt: list[int], reference: list[int], other: list[int],
+               contrast: tuple[list[int], float] | None = None) -> dict[str, Any] | None:
+    """Where ``other`` first leaves ``reference`` (the reference method's greedy output), with the reference
+    decoding's two top logits there: plain decoding's, or context-aware decoding's with ``contrast`` (the
+    prompt without passages, a)."""
     import torch
 
     from rag.generation.engine import first_divergence
@@ -184,7 +187,13 @@ def divergence(lm: Any, prompt: list[int], reference: list[int], other: list[int
     position = first_divergence(reference, other)
     if position is None:
         return None
-    logits = lm.new_session().prefill(prompt + reference[:position]).float()
+    session = lm.new_session()
+    if contrast is not None:
+        from rag.generation.contrast import ContrastSession
+
+        session = ContrastSession(session, lm.new_session(), contrast[0], contrast[1])
+        session.prefill(prompt)  # the prompt first: it marks where the answer starts
+    logits = session.prefill(prompt + reference[:position]).float()
     top = torch.topk(logits, 2)
     return {"position": position, "plain_token": reference[position] if position < len(reference) else None,
             "other_token": other[position] if position < len(other) else None,
@@ -257,6 +266,7 @@ def bench_generate(args: argparse.Namespace, methods_wanted: list[str]) -> dict[
           f"engines: {', '.join(engines)}")
     plan: dict[str, dict[str, Any]] = {}
     costs_by_engine: dict[str, dict[int, float]] = {}
+    contrast_by_engine: dict[str, dict[tuple[int, ...], tuple[list[int], float]]] = {}  # for CAD divergences
     for name, lm in engines.items():
         width_costs = getattr(args, "width_costs", "measure")
         if width_costs == "measure":
@@ -289,6 +299,7 @@ def bench_generate(args: argparse.Namespace, methods_wanted: list[str]) -> dict[
                 tracker = AcceptanceTracker()
                 without = {tuple(p): lm.encode_chat(generator.messages_without_context(q))
                            for p, q in zip(prompts, facts["questions"])}
+                contrast_by_engine[name] = {p: (w, args.alpha) for p, w in without.items()}
                 methods[method] = (lambda lm, names, g, costs, tracker, without: lambda p: run_ours(
                     lm, p, build_drafter(names) if names else None, args.max_new_tokens, g,
                     WidthPolicy(costs), tracker, contrast=(without[tuple(p)], args.alpha)))(
@@ -332,6 +343,7 @@ def bench_generate(args: argparse.Namespace, methods_wanted: list[str]) -> dict[
         entry: dict[str, Any] = {"methods": {}, "width_costs": {str(k): round(v, 3) for k, v in
                                                                 sorted(costs_by_engine[engine_name].items())}}
         for method, record in methods.items():
+            contrasts = contrast_by_engine.get(engine_name, {}) if method in CAD_METHODS else {}
             tps = record["tokens"] / record["decode_s"] if record["decode_s"] else 0.0
             reference_method = REFERENCE.get(method, "plain")
             expected = methods[reference_method]
@@ -346,11 +358,11 @@ def bench_generate(args: argparse.Namespace, methods_wanted: list[str]) -> dict[
             if reference_method != "plain":
                 item["answer_speedup_vs_reference"] = (sum(expected["answer_s"]) / sum(record["answer_s"])
                                                        if sum(record["answer_s"]) else 0.0)
-            if method != "plain" and method not in CAD_METHODS:
-                # (CAD differs from plain decoding on purpose, and plain logits cannot explain a CAD divergence)
+            if method != "plain" and method != "cad":  # (CAD differs from plain decoding on purpose)
                 item["divergences"] = [dict(prompt=i, **d) for i, (ok, p, ref, out) in
                                        enumerate(zip(same, prompts, expected["outputs"], record["outputs"]))
-                                       if not ok and (d := divergence(lm, p, ref, out)) is not None]
+                                       if not ok and (d := divergence(lm, p, ref, out, contrasts.get(tuple(p))))
+                                       is not None]
             if (method.startswith("ours") or method in CAD_METHODS) and record["passes"]:
                 item.update({"drafted": record["drafted"], "accepted": record["accepted"],
                              "mean_accepted_length": record["tokens"] / record["passes"]})
@@ -363,7 +375,8 @@ def bench_generate(args: argparse.Namespace, methods_wanted: list[str]) -> dict[
                 print(f"    {method}: identical to {reference_method} on {sum(same)} of {len(same)} prompts; answer "
                       f"time {item['answer_speedup_vs_reference']:.2f}x {reference_method}'s")
             for d in item.get("divergences", []):
-                print(f"    differs from plain on prompt {d['prompt']} at token {d['position']}: plain top-2 logits "
+                print(f"    differs from {reference_method} on prompt {d['prompt']} at token {d['position']}: "
+                      f"{reference_method} top-2 logits "
                       f"{d['top2_logits']} (gap {d['gap']})")
         if reference is not None and engine_name != "transformers:float32":
             differing = [(i, first_divergence(ref, out)) for i, (ref, out) in

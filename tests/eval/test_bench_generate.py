@@ -57,6 +57,7 @@ def test_bench_generate_checks_speculative_context_aware_decoding_against_its_ow
     assert methods["cad_combined"]["identical"], "speculation must not change CAD's greedy answer"
     assert methods["cad_combined"]["answer_speedup_vs_reference"] > 0
     assert "cad_combined: identical to cad on 2 of 2 prompts" in out
+    assert "divergences" not in methods["cad"]  # CAD differs from plain decoding on purpose
 
 
 def test_bench_generate_refuses_a_method_that_needs_a_draft_model(data_dir, capsys):
@@ -81,3 +82,25 @@ def test_bench_engines_prints_each_engines_calibration_then_answer_times(data_di
         assert set(engine["methods"]) == {"plain", "ours_combined"}
         assert engine["methods"]["ours_combined"]["answer_s"] > 0
     assert "greedy_vs_float32" in result["engines"]["llama.cpp"]
+
+
+def test_a_divergence_is_diagnosed_with_the_reference_methods_own_logits():
+    from eval.bench_generate import divergence
+    from rag.generation.contrast import ContrastSession
+    from rag.generation.decode import decode
+    from rag.generation.engine import load_engine
+
+    lm = load_engine("smollm2-135m", "transformers:float32")
+    prompt = lm.encode_chat([{"role": "user", "content": "Passages: [1] The Rhine is long.\n\nQuestion: What is long?"}])
+    without = lm.encode_chat([{"role": "user", "content": "Question: What is long?"}])
+    session = ContrastSession(lm.new_session(), lm.new_session(), without, 1.0)
+    reference = list(decode(lm, prompt, max_new_tokens=4, session=session))
+    other = reference[:2] + [reference[2] + 1]
+    plain_view = divergence(lm, prompt, reference, other)
+    cad_view = divergence(lm, prompt, reference, other, contrast=(without, 1.0))
+    assert plain_view["position"] == cad_view["position"] == 2
+    contrasted = ContrastSession(lm.new_session(), lm.new_session(), without, 1.0)
+    contrasted.prefill(prompt)
+    top = contrasted.prefill(prompt + reference[:2]).topk(2).values
+    assert cad_view["gap"] == pytest.approx(float(top[0] - top[1]), abs=1e-3)
+    assert cad_view["top2_logits"] != plain_view["top2_logits"]
