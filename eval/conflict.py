@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from eval.qa import contains_answer, load_qa, normalize_answer
 from rag.cli import exit_codes
 from rag.errors import InputError
 
@@ -107,16 +108,10 @@ _NOT_NOUNS = frozenset("is was are were does did do has have had can could would
                        "in on at to for by from with about as a an the".split())
 
 
-def _normal(text: str) -> str:
-    from eval.qa import normalize_answer
-
-    return normalize_answer(text)
-
-
 def _shortest_common(answers: Sequence[str]) -> str | None:
     """The shortest answer, when every other answer contains it (one entity, written more or less fully)."""
     shortest = min((a.strip() for a in answers), key=len)
-    if not shortest or not all(_normal(shortest) in _normal(a) for a in answers):
+    if not shortest or not all(normalize_answer(shortest) in normalize_answer(a) for a in answers):
         return None
     return shortest
 
@@ -132,8 +127,6 @@ def build_conflicts(data_dir: str | Path, limit: int | None = None, skip: int = 
     """
     import random
 
-    from eval.qa import load_qa
-
     every = load_qa(data_dir)  # the substitute pool: answers of every question in the folder
     chosen = load_qa(data_dir, limit=limit, skip=skip)
     passages = {doc.id: doc for doc in every.corpus}
@@ -143,8 +136,8 @@ def build_conflicts(data_dir: str | Path, limit: int | None = None, skip: int = 
         answer = _shortest_common(question.answers)
         kind = answer_kind(question.text, answer) if answer else None
         title = next((passages[p].title for p in sorted(question.relevant) if p in passages), "")
-        if kind and title and (kind, _normal(answer)) not in seen:
-            seen.add((kind, _normal(answer)))
+        if kind and title and (kind, normalize_answer(answer)) not in seen:
+            seen.add((kind, normalize_answer(answer)))
             pool.setdefault(kind, []).append((answer, title))
     conflicts = []
     for question in chosen.questions:
@@ -154,9 +147,9 @@ def build_conflicts(data_dir: str | Path, limit: int | None = None, skip: int = 
         if kind is None or len(gold) != 1 or answer not in gold[0].text:
             continue
         passage = gold[0]
-        text = f" {_normal(passage.title + ' ' + passage.text)} "
-        candidates = [a for a, title in pool[kind] if title != passage.title and f" {_normal(a)} " not in text
-                      and _normal(a) != _normal(answer)]
+        text = f" {normalize_answer(passage.title + ' ' + passage.text)} "
+        candidates = [a for a, title in pool[kind] if title != passage.title and f" {normalize_answer(a)} " not in text
+                      and normalize_answer(a) != normalize_answer(answer)]
         if not candidates:
             continue
         digest = hashlib.sha256(f"{seed}:{question.id}".encode()).digest()
@@ -173,8 +166,6 @@ def build_conflicts(data_dir: str | Path, limit: int | None = None, skip: int = 
 def judge(answer: str, conflict: Conflict) -> str:
     """``"passage"`` when the answer holds the substitute, ``"memory"`` when it holds an original answer and
     not the substitute, ``"other"`` otherwise."""
-    from eval.qa import contains_answer
-
     if contains_answer(answer, [conflict.substitute]):
         return "passage"
     if contains_answer(answer, conflict.answers):
@@ -182,7 +173,8 @@ def judge(answer: str, conflict: Conflict) -> str:
     return "other"
 
 
-# condition -> (which passage the generator reads, context-aware a); "substituted@A" for a > 0.
+# Which paragraph the generator reads: none, the gold one, or the gold one with the answer swapped (which
+# "substituted@A" reads with context-aware decoding at a = A).
 BASE_CONDITIONS = ("closed-book", "original", "substituted")
 
 
@@ -209,7 +201,7 @@ def run_condition(conflicts: Iterable[Conflict], condition: str, generator_param
     from tqdm import tqdm
 
     from rag.generation.generator import GroundedGenerator
-    from rag.types import Chunk, Context
+    from rag.types import Chunk, Context, Hit
 
     passage_kind, alpha = parse_condition(condition)
     params = {"answer_style": "short", **(generator_params or {}), "context_aware": alpha}
@@ -224,7 +216,7 @@ def run_condition(conflicts: Iterable[Conflict], condition: str, generator_param
                 text = conflict.passage if passage_kind == "original" else conflict.conflicting_passage
                 chunk = Chunk(id=conflict.passage_id, doc_id=conflict.passage_id, text=text, start=0,
                               end=len(text), title=conflict.title)
-                context = Context.from_hits([_hit(chunk)])
+                context = Context.from_hits([Hit(chunk=chunk, score=1.0, source="gold")])
             started = time.perf_counter()
             answer = generator.generate(conflict.question, context)
             record = {"question_id": conflict.question_id, "condition": condition, "answer": answer.text,
@@ -238,12 +230,6 @@ def run_condition(conflicts: Iterable[Conflict], condition: str, generator_param
         if handle is not None:
             handle.close()
     return records
-
-
-def _hit(chunk):
-    from rag.types import Hit
-
-    return Hit(chunk=chunk, score=1.0, source="gold")
 
 
 def summarise(records_by_condition: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
