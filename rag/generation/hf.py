@@ -225,7 +225,7 @@ class TransformersSession(Session):
     def keep_path(self, nodes: Sequence[int]) -> None:
         import torch
 
-        if getattr(self, "_tree", None) is None:
+        if self._tree is None:
             raise InputError("keep_path: no tree was fed since the last crop")
         base, parents = self._tree
         check_path(nodes, parents)
