@@ -296,14 +296,14 @@ def bench_generate(args: argparse.Namespace, methods_wanted: list[str]) -> dict[
                     lm, OUR_DRAFTERS[method], fresh if method.endswith("_fresh") else generator, costs, tracker,
                     recycle, draft)
             elif method in CAD_METHODS:
-                tracker = AcceptanceTracker()
-                without = {tuple(p): lm.encode_chat(generator.messages_without_context(q))
-                           for p, q in zip(prompts, facts["questions"])}
-                contrast_by_engine[name] = {p: (w, args.alpha) for p, w in without.items()}
-                methods[method] = (lambda lm, names, g, costs, tracker, without: lambda p: run_ours(
+                if name not in contrast_by_engine:  # each prompt without its passages, once per engine
+                    contrast_by_engine[name] = {
+                        tuple(p): (lm.encode_chat(generator.messages_without_context(q)), args.alpha)
+                        for p, q in zip(prompts, facts["questions"])}
+                methods[method] = (lambda lm, names, g, costs, tracker, contrasts: lambda p: run_ours(
                     lm, p, build_drafter(names) if names else None, args.max_new_tokens, g,
-                    WidthPolicy(costs), tracker, contrast=(without[tuple(p)], args.alpha)))(
-                    lm, CAD_METHODS[method], generator, costs, tracker, without)
+                    WidthPolicy(costs), tracker, contrast=contrasts[tuple(p)]))(
+                    lm, CAD_METHODS[method], generator, costs, AcceptanceTracker(), contrast_by_engine[name])
             elif name.startswith("transformers"):
                 options = {"hf_generate": {}, "hf_prompt_lookup": {"prompt_lookup_num_tokens": 10},
                            "hf_assisted": {"assistant_model": getattr(draft, "model", None)}}[method]
@@ -376,8 +376,7 @@ def bench_generate(args: argparse.Namespace, methods_wanted: list[str]) -> dict[
                       f"time {item['answer_speedup_vs_reference']:.2f}x {reference_method}'s")
             for d in item.get("divergences", []):
                 print(f"    differs from {reference_method} on prompt {d['prompt']} at token {d['position']}: "
-                      f"{reference_method} top-2 logits "
-                      f"{d['top2_logits']} (gap {d['gap']})")
+                      f"{reference_method} top-2 logits {d['top2_logits']} (gap {d['gap']})")
         if reference is not None and engine_name != "transformers:float32":
             differing = [(i, first_divergence(ref, out)) for i, (ref, out) in
                          enumerate(zip(reference, plain["outputs"])) if ref != out]
