@@ -300,6 +300,10 @@ def _merge_weakest(bounds: list[int], n: int, size, strength: Sequence[float], l
 class SpanChunker(BaseChunker):
     """A chunker that cuts each document into character spans sized in tokens of ``self.tokenizer``.
 
+    Every chunk holds at most ``max_tokens`` tokens, with one exception: chunks are character spans, so a
+    single character that the tokenizer reads as more tokens than the budget (MiniLM's normaliser splits a
+    Hangul syllable into its three jamo, for example) becomes a chunk of its own, over the budget.
+
     Subclasses implement :meth:`_spans_many` for a batch of documents (so model-based chunkers can batch
     their model calls across documents); empty and whitespace-only documents never reach it.
     """
