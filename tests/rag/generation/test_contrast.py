@@ -76,7 +76,7 @@ def test_speculative_decoding_under_cad_reproduces_cad_greedy(name):
     check_same_or_near_tie(_Contrasted(), with_passages, plain, fast)
     # tree drafts (token recycling) verify against the contrasted logits too, where the engine takes trees
     session = contrast()
-    assert session.supports_tree == (name != "llama.cpp")
+    assert session.supports_tree
     tree = list(speculative_decode(lm, with_passages, build_drafter(["recycling-tree"]), max_new_tokens=30,
                                    session=session, policy=WidthPolicy({1: 1.0, 4: 1.2, 8: 1.3})))
     check_same_or_near_tie(_Contrasted(), with_passages, plain, tree)

@@ -22,7 +22,12 @@ from rag.types import Chunk, Context, Hit
 
 # Largest gap between plain decoding's two top logits at which a speculative output may take the other
 # token: well under the gaps of confident tokens, above the rounding differences seen between pass widths.
-NEAR_TIE = 0.3
+# llama.cpp's sums also depend on where a sequence's cells lie in its shared cache (SIMD lane alignment,
+# padding of the cells attended): the same tokens read beside 1-256 other cells changed a top-two gap by up
+# to 0.74 and single logits by up to 2.2 (smollm2-135m, 2 prompts, 6 layouts; flips only at gaps under 0.1).
+NEAR_TIE = {"transformers:float32": 0.3, "transformers:bfloat16": 0.3, "llama.cpp": 1.0}
+# Largest difference of one logit between two reads of the same tokens (batch shapes, cache layouts).
+SAME_READ_ATOL = {"transformers:float32": 0.05, "transformers:bfloat16": 0.5, "llama.cpp": 2.5}
 
 ENGINES = ["transformers:float32", "transformers:bfloat16", "llama.cpp"]
 
@@ -57,7 +62,7 @@ def check_same_or_near_tie(lm, prompt: list[int], plain: list[int], other: list[
     logits = lm.new_session().prefill(prompt + plain[:position]).float()
     top = torch.topk(logits, 2).values
     gap = float(top[0] - top[1])
-    assert gap <= NEAR_TIE, f"{lm.name}: output differs from plain greedy at token {position} with a logit gap of {gap}"
+    assert gap <= NEAR_TIE[lm.name], f"{lm.name}: output differs from plain greedy at token {position} with a logit gap of {gap}"
 
 
 def test_engine_names_are_canonical_and_unknown_ones_are_refused():
@@ -79,8 +84,7 @@ def test_a_cropped_and_reread_session_gives_the_logits_of_a_fresh_read(name):
     again = session.prefill(prompt).float()
     assert session.tokens == prompt
     assert int(again.argmax()) == int(fresh.argmax())
-    atol = 0.05 if name == "transformers:float32" else 0.5  # bf16 and quantised kernels round by batch shape
-    torch.testing.assert_close(again, fresh, atol=atol, rtol=0)
+    torch.testing.assert_close(again, fresh, atol=SAME_READ_ATOL[name], rtol=0)
     twin = session.copy()  # a copy continues independently of its original
     twin.feed([prompt[0]])
     assert session.tokens == prompt and twin.tokens == prompt + [prompt[0]]
@@ -99,7 +103,6 @@ def test_speculative_decoding_reproduces_the_engines_own_plain_greedy(name):
         drafted += sum(stats.drafted.values())
         check_same_or_near_tie(lm, prompt, plain, fast)
         # Token recycling, alone and as the passage drafters' fallback: drafts from the target's own passes.
-        # (tree drafts on the transformers engines; llama.cpp verifies their main path)
         for names in (["recycling"], ["sam", "ngram", "recycling"], ["recycling-tree"],
                       ["sam", "ngram", "recycling-tree"]):
             stats = SpecStats()
@@ -116,20 +119,24 @@ def test_a_tree_fed_in_one_pass_gives_each_branchs_own_logits(name):
     prompt = rag_prompts(lm)[0]
     session = lm.new_session()
     session.prefill(prompt)
-    if name == "llama.cpp":
-        assert not session.supports_tree  # one sequence per pass: the loop verifies a tree's main path
-        return
-    assert session.supports_tree
+    assert session.supports_tree  # transformers: a tree attention mask; llama.cpp: a sequence per leaf
     a, b, c, d, e = prompt[5:10]
     tree = session.copy()
     logits = tree.feed_tree([a, b, c, d, e], [-1, -1, 0, 1, 2]).float()  # branches a-c-e and b-d
     first, second = session.copy(), session.copy()
-    atol = 1e-3 if name == "transformers:float32" else 0.5  # bf16 rounds by batch shape
+    atol = 1e-3 if name == "transformers:float32" else SAME_READ_ATOL[name]
     torch.testing.assert_close(logits[[0, 2, 4]], first.feed_all([a, c, e]).float(), atol=atol, rtol=0)
     torch.testing.assert_close(logits[[1, 3]], second.feed_all([b, d]).float(), atol=atol, rtol=0)
     tree.keep_path([1, 3])  # keep b-d: the session now holds the prompt and b, d, and goes on from there
     assert tree.tokens == prompt + [b, d]
     torch.testing.assert_close(tree.feed([e]).float(), second.feed([e]).float(), atol=atol, rtol=0)
+    other = session.copy()  # keep a-c (llama.cpp: a branch read in a scratch sequence, not the session's own)
+    other.feed_tree([a, b, c, d, e], [-1, -1, 0, 1, 2])
+    other.keep_path([0, 2])
+    assert other.tokens == prompt + [a, c]
+    reference = session.copy()
+    reference.feed_all([a, c])
+    torch.testing.assert_close(other.feed([d]).float(), reference.feed([d]).float(), atol=atol, rtol=0)
     with pytest.raises(InputError, match="not a path"):
         again = session.copy()
         again.feed_tree([a, b, c], [-1, -1, 0])
@@ -148,7 +155,7 @@ def test_next_token_logits_of_a_batch_match_one_by_one_sessions(name):
         single = lm.new_session().prefill(prompt).float()
         if int(batch[row].argmax()) != int(single.argmax()):  # a batch sums in another order: only a near tie may part
             top = torch.topk(single, 2).values
-            assert float(top[0] - top[1]) <= NEAR_TIE, f"{lm.name}: batch row {row} disagrees with its own session"
+            assert float(top[0] - top[1]) <= NEAR_TIE[name], f"{lm.name}: batch row {row} disagrees with its own session"
 
 
 def test_llama_cpp_engine_reads_the_gguf_pack_and_refuses_other_models(tmp_path):
@@ -180,13 +187,59 @@ def test_llama_cpp_retain_drops_what_a_question_left_in_the_shared_context():
     prompt = rag_prompts(lm)[0]
     full = lm.new_session().prefill(prompt).float()
     lm.retain(prompt[:10])
-    assert lm._held == prompt[:10]
+    assert max(lm._held, key=len) == prompt[:10]
     session = lm.new_session()
     again = session.prefill(prompt).float()
     assert int(again.argmax()) == int(full.argmax())
-    assert torch.allclose(again, full, atol=1e-2 * float(full.abs().max()))
+    torch.testing.assert_close(again, full, atol=SAME_READ_ATOL["llama.cpp"], rtol=0)
     lm.retain([])
-    assert lm._held == []
+    assert lm._held == [[]] * len(lm._held)
+
+
+def test_llama_cpp_sessions_keep_their_own_sequences():
+    """Sessions that alternate (context-aware decoding's prompts with and without passages) each keep their
+    tokens in a sequence of their own: a pass reads only its new tokens, and a prefix one session read is
+    shared (not re-read) by another that starts with it."""
+    lm = engine_or_skip("llama.cpp")
+    first, second = rag_prompts(lm)
+    lm.retain([])
+    a, b = lm.new_session(), lm.new_session()
+    a.prefill(first)
+    before = lm.tokens_read
+    b.prefill(second)  # shares the system prompt with ``first``
+    shared = first_divergence(first, second)
+    assert lm.tokens_read - before == len(second) - shared
+    before = lm.tokens_read
+    for token in first[:5]:  # alternate: each pass reads one token, nothing is re-read
+        a.feed([token])
+        b.feed([token])
+    assert lm.tokens_read - before == 10 and a.slot != b.slot
+    fresh = lm.new_session()
+    torch.testing.assert_close(a.feed([first[5]]).float(), fresh.prefill(first + first[:6]).float(),
+                               atol=SAME_READ_ATOL["llama.cpp"], rtol=0)
+
+
+def test_llama_cpp_tree_limits_and_a_full_cache():
+    """A tree needs a sequence per leaf; a cache too full for a session's tokens gives up other sessions'."""
+    from rag.generation.llamacpp import BATCH_TOKENS, TREE_SEQUENCES, LlamaCppEngine
+
+    lm = engine_or_skip("llama.cpp")
+    prompt = rag_prompts(lm)[0]
+    session = lm.new_session()
+    session.prefill(prompt)
+    with pytest.raises(InputError, match="leaves"):
+        session.copy().feed_tree([prompt[0]] * (TREE_SEQUENCES + 2), [-1] * (TREE_SEQUENCES + 2))
+    with pytest.raises(InputError, match="at most"):
+        session.copy().feed_tree([prompt[0]] * (BATCH_TOKENS + 1), list(range(-1, BATCH_TOKENS)))
+    small = LlamaCppEngine(lm.spec, lm.gguf, lm.tokenizer, threads=2, n_ctx=256)
+    one, two = small.new_session(), small.new_session()
+    one.prefill(prompt)
+    unrelated = prompt[::-1]  # nothing in common with ``prompt``: it does not fit beside it
+    logits = two.prefill(unrelated)
+    assert small._held[one.slot] == [] and small._held[two.slot] == unrelated
+    torch.testing.assert_close(one.prefill(prompt).float(), lm.new_session().prefill(prompt).float(),
+                               atol=SAME_READ_ATOL["llama.cpp"], rtol=0)
+    assert logits.shape == (small.n_vocab,)
 
 
 def test_llama_cpp_and_transformers_read_the_same_prompt_tokens():
@@ -249,7 +302,7 @@ def test_stream_nll_in_windows_with_a_bounded_cache(name):
     assert np.corrcoef(bounded[1:], whole[1:])[0, 1] > 0.9
     assert not np.allclose(bounded[30:], whole[30:], atol=1e-3)  # the trimmed cache does change late tokens
     if name == "llama.cpp":  # the stream used the shared context alone and left it empty
-        assert lm._held == []
+        assert lm._held == [[]] * len(lm._held)
         session = lm.new_session()
         np.testing.assert_allclose(session.prefill(ids[:10]).numpy(), lm.new_session().prefill(ids[:10]).numpy(),
                                    atol=1e-4)
