@@ -9,9 +9,9 @@ pass per step over the same answer tokens.
 :class:`ContrastSession` holds the two sessions behind the :class:`~rag.generation.engine.Session`
 interface, so the plain and speculative decoding loops run on it unchanged: every pass feeds both, crops
 both, and returns the contrasted logits, and speculative verification therefore checks drafts against the
-contrasted distribution (lossless against CAD without speculation). On llama.cpp the two sessions share
-the engine's one context and each pass re-reads where they differ (from the passages on): correct, but
-slow for long prompts.
+contrasted distribution (lossless against CAD without speculation). On llama.cpp the two sessions keep
+sequences of their own in the engine's one context (sharing the system prompt's cells), so neither
+re-reads the other's tokens.
 """
 
 from __future__ import annotations

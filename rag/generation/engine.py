@@ -7,7 +7,7 @@ chats (always with the model's Hugging Face tokenizer, so every engine reads the
 tokens and returns logits at the positions asked for, crops its cache to a length (speculative rollback)
 and copies itself (a cached system-prompt prefix reused for each question); where the engine can, it also
 feeds a tree of draft tokens in one pass and keeps the accepted branch (``supports_tree``: transformers,
-with a tree attention mask). Scoring: next-token logits
+with a tree attention mask; llama.cpp, with a sequence per leaf). Scoring: next-token logits
 after a batch of prompts (rerankers, the margin chunker), each token's surprisal in a batch of rows (the
 surprisal pruner) and in one long stream read with a bounded cache (the perplexity chunker).
 
