@@ -38,13 +38,12 @@ import math
 import re
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from eval.qa import QADataset, QAQuestion, contains_answer, exact_match, load_qa, token_f1
 from rag.errors import InputError, SpecragError
-from rag.types import Answer, Context, Hit
+from rag.types import Answer, Context
 
 RECORDS = "records.jsonl"
 SUMMARY = "summary.json"
@@ -130,48 +129,6 @@ def _items(output: Any) -> list[tuple[str, str, str]]:
     if isinstance(output, Context):
         return [(p.chunk.id, p.text, p.chunk.doc_id) for p in output.passages]
     return [(h.chunk.id, h.chunk.text, h.chunk.doc_id) for h in output]
-
-
-# -- watching the pipeline's stages ------------------------------------------------------------------
-
-
-@contextmanager
-def watch_stages(pipeline: Any) -> Iterator[list[tuple[str, Any]]]:
-    """Record what each stage of ``pipeline`` passes on, while the pipeline runs its own flow.
-
-    The components' methods are wrapped on the instances (and restored afterwards), so the order and the
-    arguments are the pipeline's own. The yielded list is cleared by the caller before each question.
-    """
-    outputs: list[tuple[str, Any]] = []
-    patched: list[tuple[Any, str]] = []
-
-    def wrap(component: Any, method: str, stage: str, pick: Callable[[Any], Any] = lambda r: r) -> None:
-        original = getattr(component, method)
-
-        def recorded(*args: Any, **kwargs: Any) -> Any:
-            result = original(*args, **kwargs)
-            earlier = sum(1 for name, _ in outputs if name.split(".")[0] == stage)
-            outputs.append((stage if not earlier else f"{stage}.{earlier + 1}", pick(result)))
-            return result
-
-        setattr(component, method, recorded)
-        patched.append((component, method))
-
-    wrap(pipeline.index, "search", "retrieve", pick=lambda r: r[0] if r else [])
-    if pipeline.reranker is not None:
-        wrap(pipeline.reranker, "rerank", "rerank")
-    for f in pipeline.filters:
-        wrap(f, "filter", "filter")
-    if pipeline.compressor is not None:
-        wrap(pipeline.compressor, "compress", "compress")
-    try:
-        yield outputs
-    finally:
-        for component, method in patched:
-            try:
-                delattr(component, method)
-            except AttributeError:
-                pass
 
 
 # -- summaries ---------------------------------------------------------------------------------------
@@ -430,11 +387,11 @@ def run_rag_eval(
 
     bar = tqdm(total=len(dataset.questions), initial=len(dataset.questions) - len(todo), unit="q",
                disable=not progress, file=sys.stderr, desc=dataset.name)
-    with watch_stages(pipe) as outputs, records_path.open("a", encoding="utf-8") as handle:
+    with records_path.open("a", encoding="utf-8") as handle:
         for question in todo:
-            outputs.clear()
-            answer = pipe.ask(question.text)
-            record = score_answer(question, answer, list(outputs))
+            outputs: list[tuple[str, Any]] = []  # each stage's output, as the pipeline reports it
+            answer = pipe.ask(question.text, on_stage=lambda _, stage, output: outputs.append((stage, output)))
+            record = score_answer(question, answer, outputs)
             handle.write(json.dumps(record) + "\n")
             handle.flush()
             done[question.id] = record

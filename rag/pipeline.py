@@ -20,6 +20,10 @@ from rag.registry import build
 from rag.types import Answer, Context, Document, Hit, StageRecord, Trace
 
 Spec = Any  # a registered name, a {"type", "params"} mapping, or a built component
+# Told each stage's output as the pipeline runs: (question, stage, output). Stages are ``retrieve``,
+# ``rerank``, ``filter`` (``filter.2``, ... for later filters) with their hit lists and ``compress`` with its
+# Context, in the order they run; ``specrag eval rag`` scores recall after each stage from these.
+StageObserver = Callable[[str, str, Any], None]
 
 CONFIG_FILE = "pipeline.yaml"
 INDEX_DIR = "index"
@@ -175,14 +179,18 @@ class Pipeline:
         hits = self.index.search(questions, self.retrieve_k)
         return hits, time.perf_counter() - started
 
-    def ask(self, question: str, on_text: Callable[[str], None] | None = None) -> Answer:
-        """Answer one question; ``on_text`` receives the answer's text as it is generated."""
-        return self.ask_many([question], on_text=on_text)[0]
+    def ask(self, question: str, on_text: Callable[[str], None] | None = None,
+            on_stage: StageObserver | None = None) -> Answer:
+        """Answer one question; ``on_text`` receives the answer's text as it is generated, ``on_stage`` each
+        stage's output (:data:`StageObserver`)."""
+        return self.ask_many([question], on_text=on_text, on_stage=on_stage)[0]
 
-    def ask_many(self, questions: str | Sequence[str], on_text: Callable[[str], None] | None = None) -> list[Answer]:
+    def ask_many(self, questions: str | Sequence[str], on_text: Callable[[str], None] | None = None,
+                 on_stage: StageObserver | None = None) -> list[Answer]:
         """Answer a batch: one batched search, then each question through the later stages.
 
-        One str is one question (a batch of one), not one question per character.
+        One str is one question (a batch of one), not one question per character. ``on_stage`` hears each
+        question's stages before the next question's (its retrieval first, though the search was batched).
         """
         questions = text_batch(questions, "pipeline.ask", "question")
         for number, question in enumerate(questions):
@@ -190,25 +198,30 @@ class Pipeline:
                 raise InputError(f"pipeline.ask: question {number} is empty")
         all_hits, search_seconds = self.retrieve(questions)
         per_question = search_seconds / max(len(questions), 1)
-        return [self._answer(q, hits, per_question, on_text) for q, hits in zip(questions, all_hits)]
+        return [self._answer(q, hits, per_question, on_text, on_stage) for q, hits in zip(questions, all_hits)]
 
     def _answer(self, question: str, hits: list[Hit], search_seconds: float,
-                on_text: Callable[[str], None] | None) -> Answer:
+                on_text: Callable[[str], None] | None, on_stage: StageObserver | None) -> Answer:
+        report: StageObserver = on_stage or (lambda question, stage, output: None)
         trace = Trace()
         trace.add(StageRecord(stage="retrieve", seconds=search_seconds, n_in=1, n_out=len(hits)))
+        report(question, "retrieve", hits)
         if self.reranker is not None:
             with trace.timed("rerank", n_in=len(hits)) as record:
                 hits = self.reranker.rerank(question, hits, len(hits))
                 record["n_out"] = len(hits)
-        for f in self.filters:
+            report(question, "rerank", hits)
+        for number, f in enumerate(self.filters, start=1):
             with trace.timed("filter", n_in=len(hits), extra={"filter": f.to_config()["type"]}) as record:
                 hits = f.filter(question, hits)
                 record["n_out"] = len(hits)
+            report(question, "filter" if number == 1 else f"filter.{number}", hits)
         if self.compressor is not None:
             with trace.timed("compress", n_in=len(hits)) as record:
                 context = self.compressor.compress(question, hits, self.budget_tokens)
                 record.update(n_out=len(context.passages), tokens_in=context.original_tokens,
                               tokens_out=context.kept_tokens)
+            report(question, "compress", context)
         else:
             context = Context.from_hits(hits)
         if self.generator is None:

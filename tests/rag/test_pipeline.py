@@ -71,6 +71,26 @@ def test_ask_many_batches_retrieval():
     assert [a.hits[0].chunk.doc_id for a in answers] == ["os.path.join", "random.shuffle"]
 
 
+def test_each_stage_reports_its_output_in_order():
+    """``on_stage`` hears every stage's output, per question, in the order the stages run (eval rag's recall
+    per stage reads it)."""
+    from rag.types import Context
+
+    pipeline = small_pipeline(generator=None, filters=[{"type": "top-k", "params": {"k": 3}},
+                                                       {"type": "top-k", "params": {"k": 2}}])
+    pipeline.ingest(DOCS)
+    heard = []
+    answers = pipeline.ask_many(["join paths", "shuffle a list"], on_stage=lambda q, stage, out: heard.append((q, stage, out)))
+    stages = ["retrieve", "filter", "filter.2", "compress"]
+    assert [(q, stage) for q, stage, _ in heard] == [(q, s) for q in ("join paths", "shuffle a list") for s in stages]
+    for number, answer in enumerate(answers):
+        mine = heard[4 * number:4 * number + 4]
+        assert [len(out) for _, _, out in mine[:3]] == [3, 3, 2]
+        assert mine[2][2] == answer.hits and isinstance(mine[3][2], Context)
+    # no observer: the same hits (scores may differ in the last bits: a batch of one encodes alone)
+    assert [h.chunk.id for h in pipeline.ask("join paths").hits] == [h.chunk.id for h in answers[0].hits]
+
+
 def test_bad_input_is_rejected_and_loses_nothing():
     pipeline = small_pipeline(generator=None)
     pipeline.ingest(DOCS[:2])
