@@ -2,6 +2,15 @@
 
 The registry maps explicit names to dotted paths (``"indexes.dense:DenseIndex"``) that are imported only
 when a component is built, so ``rag`` never imports ``indexes`` or ``chunkers`` at module load.
+
+Third-party packages add components without any code running first: an entry point in the group
+``specrag.components`` named ``role.name`` whose value is ``module:Class``, e.g. in ``pyproject.toml``::
+
+    [project.entry-points."specrag.components"]
+    "index.my-index" = "my_package.index:MyIndex"
+
+Installed packages' entry points are read once per process, the first time a name is looked up, so a
+user's component builds by name in a Ray worker or a fresh process as well. Built-in names win a clash.
 """
 
 from __future__ import annotations
@@ -9,11 +18,14 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import warnings
 from typing import Any, Mapping
 
 from rag.errors import InputError, UnknownComponentError
 
 ROLES = ("chunker", "index", "reranker", "filter", "compressor", "generator")
+# The entry-point group third-party packages declare components in (``role.name = module:Class``).
+ENTRY_POINT_GROUP = "specrag.components"
 
 _REGISTRY: dict[str, dict[str, str]] = {
     "chunker": {
@@ -81,6 +93,32 @@ _PRESETS: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
 }
 
 
+_entry_points_read = False
+
+
+def read_entry_points() -> None:
+    """Register the components that installed packages declare in :data:`ENTRY_POINT_GROUP` (once per
+    process; later calls do nothing). A malformed entry or one that would replace a built-in name is
+    skipped with a warning naming its package."""
+    global _entry_points_read
+    if _entry_points_read:
+        return
+    _entry_points_read = True
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        role, _, name = entry.name.partition(".")
+        source = f"entry point {entry.name!r} = {entry.value!r}" + (f" of {entry.dist.name}" if entry.dist else "")
+        if role not in ROLES or not name or ":" not in entry.value:
+            warnings.warn(f"{source}: skipped; expected 'role.name = package.module:Class' with role one of "
+                          f"{', '.join(ROLES)}", stacklevel=2)
+        elif _REGISTRY[role].get(name, entry.value) != entry.value or name in _PRESETS[role]:
+            warnings.warn(f"{source}: skipped; {role} {name!r} is already {_REGISTRY[role].get(name, 'a preset')}",
+                          stacklevel=2)
+        else:
+            _REGISTRY[role][name] = entry.value
+
+
 def register_preset(role: str, name: str, base: str, params: Mapping[str, Any]) -> None:
     """Register ``name`` as ``base`` (a registered name) built with ``params`` unless a spec overrides them."""
     _check_role(role)
@@ -100,12 +138,14 @@ def register(role: str, name: str, target: str) -> None:
 def known(role: str) -> list[str]:
     """The names registered for ``role``, sorted."""
     _check_role(role)
+    read_entry_points()
     return sorted(set(_REGISTRY[role]) | set(_PRESETS[role]))
 
 
 def resolve(role: str, name: str) -> type:
     """The class registered as ``name`` for ``role``; an unknown name raises, listing the known ones."""
     _check_role(role)
+    read_entry_points()
     try:
         target = _REGISTRY[role][name]
     except KeyError:
@@ -118,6 +158,7 @@ def resolve(role: str, name: str) -> type:
 
 def name_of(role: str, cls: type) -> str:
     """The registered name of a component class (the reverse of :func:`resolve`)."""
+    read_entry_points()
     target = f"{cls.__module__}:{cls.__qualname__}"
     for name, registered in _REGISTRY[role].items():
         if registered == target:

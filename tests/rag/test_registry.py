@@ -63,3 +63,61 @@ def test_presets_build_their_base_with_params_and_round_trip():
             registry.register_preset("filter", "x", "nope", {})
     finally:
         registry._PRESETS["filter"].pop("top-3", None)
+
+
+PLUGIN = '''
+from rag.protocols import BaseFilter
+
+
+class EveryOther(BaseFilter):
+    """Keeps every other hit (a third-party filter)."""
+
+    def __init__(self, start: int = 0) -> None:
+        self.start = start
+
+    def filter(self, query, hits):
+        return hits[self.start::2]
+'''
+
+ENTRY_POINTS = """[specrag.components]
+filter.every-other = plugin_filter:EveryOther
+filter.malformed = plugin_filter
+filter.top-k = plugin_filter:EveryOther
+"""
+
+
+def test_components_of_installed_packages_register_through_entry_points(tmp_path):
+    """A package that declares ``specrag.components`` entry points builds by name in a fresh process (a Ray
+    worker is one) with no registration code; malformed entries and clashes with built-in names are skipped
+    with a warning naming the package."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "plugin_filter.py").write_text(PLUGIN)
+    info = tmp_path / "specrag_plugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: specrag-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(ENTRY_POINTS)
+    script = (
+        "import warnings\n"
+        "from rag.registry import build, known\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    built = build('filter', {'type': 'every-other', 'params': {'start': 1}})\n"
+        "print(type(built).__name__, built.to_config(), 'every-other' in known('filter'))\n"
+        "print(type(build('filter', 'top-k')).__name__)\n"
+        "for w in caught: print('warning:', w.message)\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(root)])}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "EveryOther {'type': 'every-other', 'params': {'start': 1}} True"
+    assert lines[1] == "TopKFilter"  # the built-in name wins
+    warnings_ = "\n".join(lines[2:])
+    assert "'filter.malformed'" in warnings_ and "specrag-plugin" in warnings_
+    assert "'filter.top-k'" in warnings_ and "already rag.filters:TopKFilter" in warnings_
