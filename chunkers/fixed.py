@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from chunkers.text import Span, SpanChunker, check_sizes, count_tokens, sentence_units
+from chunkers.text import SpanChunker, check_sizes
 from rag.errors import InputError
+from rag.text import Span, count_tokens, sentence_units
 
 
 class TokenChunker(SpanChunker):

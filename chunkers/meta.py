@@ -37,9 +37,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from chunkers.text import Span, SpanChunker, check_sizes, segment, sentence_units
+from chunkers.text import SpanChunker, check_sizes, segment
 from rag.errors import InputError
 from rag.generation.engine import engine_param
+from rag.text import Span, sentence_units
 
 # The question a small model answered best among those tried (on SQuAD paragraph pairs, SmolLM2-135M
 # ranked the topic change above chance with this wording, and at chance with the paper's "1. split /

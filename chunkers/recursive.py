@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence
 
-from chunkers.text import (
+from chunkers.text import chunk_id
+from rag.errors import InputError
+from rag.protocols import BaseChunker
+from rag.text import (
     PARAGRAPH_BREAK,
     SENTENCE_BREAK,
     WHITESPACE_BREAK,
-    chunk_id,
     count_tokens,
     merge_spans,
     overlap_start,
@@ -21,11 +23,9 @@ from chunkers.text import (
     strip_span,
     token_starts_many,
 )
-from rag.errors import InputError
-from rag.protocols import BaseChunker
 from rag.types import Chunk, Document
 
-# Re-exported: these names were defined here before they moved to chunkers.text.
+# Re-exported: these names were defined here before they moved to chunkers.text (now rag.text).
 __all__ = [
     "PARAGRAPH_BREAK", "SENTENCE_BREAK", "WHITESPACE_BREAK", "DocumentChunker", "RecursiveChunker", "chunk_id", "count_tokens",
 ]

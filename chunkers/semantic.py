@@ -17,8 +17,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from chunkers.text import Span, SpanChunker, check_sizes, segment, sentence_units
+from chunkers.text import SpanChunker, check_sizes, segment
 from rag.errors import InputError
+from rag.text import Span, sentence_units
 
 # Defaults per rule, as in LangChain's SemanticChunker, so results are comparable with it.
 THRESHOLD_DEFAULTS = {"percentile": 95.0, "std": 3.0, "iqr": 1.5}

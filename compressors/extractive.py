@@ -120,7 +120,7 @@ class ExtractiveCompressor(BaseCompressor):
 
     def sentences(self, pieces: Sequence[Piece], counter: TokenCounter) -> tuple[list[tuple[int, int, int]], list[int]]:
         """``(piece, start, end)`` of every sentence in the pieces' spans, and its length in tokens."""
-        from chunkers.text import sentence_units
+        from rag.text import sentence_units
 
         limit = self.max_sentence_tokens
 
@@ -224,13 +224,13 @@ class ExtractiveCompressor(BaseCompressor):
 def lexical_overlap(query: str, texts: Sequence[str]) -> list[float]:
     """For each text, the idf-weighted share (0 to 1) of the query's distinct terms it contains.
 
-    Terms come from Lucene's English analysis (:func:`indexes.bm25s_index.tokenize`: lower case, stop words
+    Terms come from Lucene's English analysis (:func:`rag.analysis.tokenize`: lower case, stop words
     out, Porter stems); a term's idf is BM25's, over ``texts`` themselves, so a query term every sentence
     shares counts little, and terms no text contains are left out. No shared term gives zeros.
     """
     import math
 
-    from indexes.bm25s_index import tokenize
+    from rag.analysis import tokenize
 
     query_terms = set(tokenize(query))
     text_terms = [set(tokenize(t)) & query_terms for t in texts]

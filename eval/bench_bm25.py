@@ -138,7 +138,7 @@ def part_one(data: Path, rounds: int) -> dict[str, float]:
 
 
 def part_two(data: Path, sizes: list[int]) -> list[dict[str, Any]]:
-    from indexes import bm25s_index as bm25s_module
+    from rag import analysis
 
     pool = [
         Document(text=record["text"], id=f"{name}:{record['_id']}", title=record.get("title") or "")
@@ -153,8 +153,8 @@ def part_two(data: Path, sizes: list[int]) -> list[dict[str, Any]]:
     for size in sizes:
         chunks = _corpus(size, pool)
         for backend in ("bm25", "bm25s"):
-            bm25s_module._analyzer.cache_clear()  # cold tokenizer caches for every bm25s build
-            bm25s_module.lucene_porter.cache_clear()
+            analysis._analyzer.cache_clear()  # cold tokenizer caches for every bm25s build
+            analysis.lucene_porter.cache_clear()
             index = build("index", backend)
             index_seconds = _timed(lambda: index.add(chunks))
             index.search(queries, K)  # warm-up

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     from eval.chunking import EVAL_PARAMS, SIZE_TOKENIZER, WARM_UP
-    from chunkers.text import token_starts_many
+    from rag.text import token_starts_many
     from rag.registry import build
 
     doc = build_document(args.data, args.words)

@@ -188,7 +188,7 @@ def evaluate_chunker(
     chunker: Any, data: QAArticles, k: int, index_spec: Any = "dense"
 ) -> tuple[dict[str, Any], list[Chunk]]:
     """Chunk, index and search one chunker; returns its metrics and its chunks."""
-    from chunkers.text import token_starts_many
+    from rag.text import token_starts_many
     from rag.registry import build
 
     chunker.chunk(WARM_UP)  # load its models outside the timing

@@ -13,21 +13,8 @@ The same contract as :class:`indexes.bm25.BM25Index` (``"flat"`` text, ``k1``/``
 pyserini's BEIR values 0.9/0.4) for users without Java, and by default the same scores: on SciFact it
 gives nDCG@10 0.6789, recall@100 0.9253 and MRR@10 0.6457, Lucene's numbers to four decimals.
 
-Tokenization (:func:`tokenize`) follows Anserini's default English analyzer step by step:
-
-1. words by Unicode word-break rules as Lucene's ``StandardTokenizer`` applies them to ordinary text
-   (letters and digits join; ``.``, ``'`` and ``’`` join letters to letters and digits to digits, ``,``
-   and ``;`` join digits, ``:`` joins letters; super- and subscript digits split words; a few emoji
-   symbols such as ``©``, ``®`` and ``™`` are tokens of their own);
-2. a trailing ``'s`` removed (``EnglishPossessiveFilter``), then lower-casing;
-3. Lucene's 33 English stop words removed;
-4. Porter stemming as Lucene's ``PorterStemFilter`` does it: PyStemmer's ``porter`` algorithm plus the
-   reference C implementation's departures that Lucene keeps (words of one or two letters are not
-   stemmed; ``-bli`` becomes ``-ble`` and ``-logi`` becomes ``-log`` when the stem has a consonant-vowel
-   sequence).
-
-On SciFact's 5,183 documents and 1,109 queries this gives Lucene's token stream for every text (849,043
-tokens; the tests compare with the Java analyzer).
+Tokenization is Lucene's English analysis as :mod:`rag.analysis` implements it (:func:`rag.analysis.tokenize`:
+Unicode word breaks, possessives, lower case, Lucene's stop words, Porter stemming as Lucene applies it).
 
 Scoring is bm25s's ``"lucene"`` formula. With ``lucene_lengths=True`` (the default) the score matrix is
 computed as Lucene computes it (:func:`lucene_score_matrix`): document lengths pass through Lucene's
@@ -55,17 +42,14 @@ from __future__ import annotations
 
 import logging
 import re
-from functools import lru_cache
-from itertools import chain
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from indexes.bm25 import _check_new_ids, read_chunks, write_chunks
-from indexes.manifest import SavedIndex, read_manifest, verify_files, write_manifest
+from indexes.manifest import SavedIndex, check_new_ids, read_chunks, write_chunks
+from rag.analysis import stemmer_for, tokenize
 from rag.errors import InputError
-from rag.io import atomic_directory
 from rag.lazy import require
 from rag.protocols import text_batch
 from rag.types import Chunk, Hit
@@ -76,152 +60,6 @@ CHUNKS = "chunks.jsonl"
 MODEL = "bm25s"
 EXTRA = "bm25s"
 METHODS = ("lucene", "robertson", "atire", "bm25l", "bm25+")
-
-# Lucene's EnglishAnalyzer.ENGLISH_STOP_WORDS_SET (also bm25s's "en" list).
-LUCENE_STOPWORDS = frozenset(
-    "a an and are as at be but by for if in into is it no not of on or such that the their then there these "
-    "they this to was will with".split()
-)
-
-_LETTER = r"[^\W\d_]"
-# Word characters, less the "other number" characters (superscripts, subscripts, fractions, circled
-# digits) that Lucene's tokenizer does not treat as letters or digits.
-_WORD = r"[^\W\u00b2\u00b3\u00b9\u00bc-\u00be\u2070-\u209f\u2150-\u218f\u2460-\u24ff\u2776-\u2793]"
-_FORMAT = r"[\u00ad\u200b-\u200d\u2060\ufeff]"  # soft hyphen, zero-width joiners: kept inside a word
-_RUN = rf"{_WORD}(?:{_WORD}|{_FORMAT})*"
-_EMOJI = (
-    "[\u00a9\u00ae\u203c\u2049\u2122\u2139\u2194-\u2199\u21a9\u21aa\u231a\u231b\u2328\u23cf\u23e9-\u23f3"
-    "\u23f8-\u23fa\u24c2\u2934\u2935\u2b05-\u2b07\u2b1b\u2b1c\u2b50\u2b55\u3030\u303d\u3297\u3299"
-    "\U0001f000-\U0001faff]"
-)
-TOKEN = re.compile(
-    rf"{_RUN}(?:(?:(?<={_LETTER})[.'\u2019:\u00b7](?={_LETTER})|(?<=\d)[.,;'\u2019](?=\d)){_RUN})*|{_EMOJI}"
-)
-_POSSESSIVE = ("'s", "'S", "\u2019s", "\u2019S")
-
-
-# -- tokenization ------------------------------------------------------------------------------------
-
-
-def _consonant(word: str, i: int) -> bool:
-    c = word[i]
-    if c in "aeiou":
-        return False
-    if c == "y":
-        return i == 0 or not _consonant(word, i - 1)
-    return True
-
-
-def _measure(word: str) -> int:
-    """Porter's m: the number of vowel-consonant sequences in ``word``."""
-    m, i, n = 0, 0, len(word)
-    while i < n and _consonant(word, i):
-        i += 1
-    while i < n:
-        while i < n and not _consonant(word, i):
-            i += 1
-        if i >= n:
-            break
-        m += 1
-        while i < n and _consonant(word, i):
-            i += 1
-    return m
-
-
-def _cvc(word: str) -> bool:
-    n = len(word)
-    return (
-        n >= 3 and _consonant(word, n - 3) and not _consonant(word, n - 2) and _consonant(word, n - 1)
-        and word[-1] not in "wxy"
-    )
-
-
-@lru_cache(maxsize=1)
-def _porter() -> Any:
-    return require("Stemmer", EXTRA, "PyStemmer").Stemmer("porter")
-
-
-@lru_cache(maxsize=1 << 20)
-def lucene_porter(word: str) -> str:
-    """Stem a lower-cased word as Lucene's ``PorterStemFilter`` does (see the module doc)."""
-    if len(word) <= 2:
-        return word
-    stem = _porter().stemWord(word)
-    # Snowball's "porter" is the published algorithm; Lucene's is the reference C code, which maps
-    # -bli to -ble (then step 4 may drop -ible and step 5 a final e) and -logi to -log, if m > 0.
-    if stem.endswith("logi") and _measure(stem[:-4]) > 0:
-        return stem[:-1]
-    if stem.endswith("bli") and not stem.endswith("abli") and _measure(stem[:-3]) > 0:
-        stem = stem[:-1] + "e"
-        if stem.endswith("ible") and _measure(stem[:-4]) > 1:
-            stem = stem[:-4]
-        if stem.endswith("e"):
-            m = _measure(stem[:-1])
-            if m > 1 or (m == 1 and not _cvc(stem[:-1])):
-                stem = stem[:-1]
-        if stem.endswith("ll") and _measure(stem) > 1:
-            stem = stem[:-1]
-    return stem
-
-
-@lru_cache(maxsize=64)
-def _stemmer(name: str) -> Callable[[str], str]:
-    if name == "lucene-porter":
-        return lucene_porter
-    if name == "none":
-        return lambda word: word
-    module = require("Stemmer", EXTRA, "PyStemmer")
-    if name not in module.algorithms():
-        raise InputError(
-            f"bm25s index: unknown stemmer {name!r}; use 'lucene-porter', 'none' or a PyStemmer algorithm "
-            f"({', '.join(module.algorithms())})"
-        )
-    return lru_cache(maxsize=1 << 20)(module.Stemmer(name).stemWord)
-
-
-def tokenize(text: str, stemmer: str = "lucene-porter", stopwords: str = "lucene") -> list[str]:
-    """The index terms of ``text`` (see the module doc); ``stemmer`` and ``stopwords`` as in :class:`BM25sIndex`."""
-    return _analyzer(stemmer, stopwords)(text)
-
-
-# Spans that exact tokens never cross: runs of word characters joined by any joiner, and emoji.
-_SPAN = re.compile(rf"[\w{_FORMAT[1:-1]}]+(?:[.,;:'\u2019\u00b7][\w{_FORMAT[1:-1]}]+)*|{_EMOJI}")
-_CACHE_LIMIT = 1 << 20
-
-
-class _Analyzer(dict):
-    """Text to terms for one stemmer and stop-word choice; as a dict it caches the terms of each distinct span."""
-
-    def __init__(self, stemmer: str, stopwords: str) -> None:
-        super().__init__()
-        self.stem = _stemmer(stemmer)  # an unknown stemmer fails here, naming the known ones
-        self.stop = LUCENE_STOPWORDS if stopwords == "lucene" else frozenset()
-
-    def __call__(self, text: str) -> list[str]:
-        # A cheap pattern finds the spans; each distinct span is split exactly, filtered and stemmed once
-        # (``__missing__``), as most spans are plain words seen many times.
-        if len(self) > _CACHE_LIMIT:
-            self.clear()
-        return list(chain.from_iterable(map(self.__getitem__, _SPAN.findall(text.lower()))))
-
-    def __missing__(self, span: str) -> tuple[str, ...]:
-        terms = self[span] = self.terms(span)
-        return terms
-
-    def terms(self, span: str) -> tuple[str, ...]:
-        terms = []
-        for token in TOKEN.findall(span):
-            if token.endswith(_POSSESSIVE):
-                token = token[:-2]
-            if token.strip("_") and token not in self.stop:
-                terms.append(self.stem(token))
-        return tuple(terms)
-
-
-@lru_cache(maxsize=16)
-def _analyzer(stemmer: str, stopwords: str) -> _Analyzer:
-    return _Analyzer(stemmer, stopwords)
-
 
 # -- the index -----------------------------------------------------------------------------------------
 
@@ -238,6 +76,8 @@ class BM25sIndex(SavedIndex):
 
     manifest_kind = KIND
     manifest_version = FORMAT_VERSION
+    # bm25s bakes these into its score matrix
+    saved_params = ("k1", "b", "method", "stemmer", "stopwords", "include_title", "lucene_lengths")
 
     def __init__(
         self,
@@ -288,7 +128,7 @@ class BM25sIndex(SavedIndex):
         chunks = list(chunks)
         if not chunks:
             return
-        _check_new_ids(self.name, self._chunks, chunks)
+        check_new_ids(self.name, self._chunks, chunks)
         # Only the vocabulary changes before the rebuild succeeds: ids a failed add gave to new terms are
         # never used by a chunk, and the model leaves unused ids out.
         new_terms = {chunk.id: self._term_array(self.text_of(chunk)) for chunk in chunks}
@@ -335,47 +175,24 @@ class BM25sIndex(SavedIndex):
 
     # -- persistence -------------------------------------------------------------------------------
 
-    def save(self, directory: str | Path) -> None:
-        """Write the index to ``directory`` atomically: a failed or killed save leaves what was there intact."""
+    def write_files(self, staging: Path) -> tuple[list[str], dict[str, Any]]:
         bm25s = _bm25s()
-        with atomic_directory(directory) as staging:
-            write_chunks(staging / CHUNKS, self._chunks.values(), self.name)
-            files = [CHUNKS]
-            if self._model is not None:
-                self._model.save(str(staging / MODEL), show_progress=False, allow_pickle=False)
-                files += sorted(f"{MODEL}/{p.name}" for p in (staging / MODEL).iterdir())
-            write_manifest(
-                staging,
-                kind=KIND,
-                format_version=FORMAT_VERSION,
-                component=self.to_config(),
-                count=len(self),
-                files=files,
-                k1=self.k1,
-                b=self.b,
-                method=self.method,
-                stemmer=self.stemmer,
-                stopwords=self.stopwords,
-                lucene_lengths=self.lucene_lengths,
-                bm25s=bm25s.__version__,
-            )
+        write_chunks(staging / CHUNKS, self._chunks.values(), self.name)
+        files = [CHUNKS]
+        if self._model is not None:
+            self._model.save(str(staging / MODEL), show_progress=False, allow_pickle=False)
+            files += sorted(f"{MODEL}/{p.name}" for p in (staging / MODEL).iterdir())
+        return files, dict(
+            k1=self.k1,
+            b=self.b,
+            method=self.method,
+            stemmer=self.stemmer,
+            stopwords=self.stopwords,
+            lucene_lengths=self.lucene_lengths,
+            bm25s=bm25s.__version__,
+        )
 
-    def load(self, directory: str | Path) -> None:
-        """Replace this index's contents with a saved one, after checking version, checksums and config.
-
-        The saved index must have this index's ``k1``, ``b``, ``method``, tokenization and
-        ``include_title`` (bm25s bakes them into its matrix); :meth:`open` adopts the saved config instead.
-        """
-        directory = Path(directory)
-        manifest = read_manifest(directory, kind=KIND, format_version=FORMAT_VERSION)
-        saved = manifest.get("component", {}).get("params", {})
-        for key in ("k1", "b", "method", "stemmer", "stopwords", "include_title", "lucene_lengths"):
-            if key in saved and saved[key] != getattr(self, key):
-                raise InputError(
-                    f"{directory}: saved with {key}={saved[key]!r}, but this index has {key}={getattr(self, key)!r}; "
-                    f"configure it the same way, or use BM25sIndex.open({str(directory)!r}) to adopt the saved config"
-                )
-        verify_files(directory, manifest)
+    def read_files(self, directory: Path, manifest: dict[str, Any]) -> None:
         chunks = read_chunks(directory / CHUNKS)
         model = None
         if chunks:
@@ -394,7 +211,7 @@ class BM25sIndex(SavedIndex):
     def warm_up(self) -> None:
         """Import bm25s and PyStemmer now."""
         _bm25s()
-        _stemmer(self.stemmer)
+        stemmer_for(self.stemmer)
 
     def tokenize(self, text: str) -> list[str]:
         """The terms this index uses for ``text``."""

@@ -23,10 +23,10 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from indexes.manifest import SavedIndex, read_manifest, verify_files, write_manifest
+from indexes.manifest import SavedIndex
 from rag.encoders import SentenceEncoder, check_dtype
 from rag.errors import InputError
-from rag.io import atomic_directory, read_jsonl
+from rag.io import read_jsonl
 from rag.lazy import require
 from rag.protocols import text_batch
 from rag.types import Chunk, Hit
@@ -115,6 +115,7 @@ class DenseIndex(SavedIndex):
 
     manifest_kind = KIND
     manifest_version = FORMAT_VERSION
+    saved_params = ("model", "kind", "include_title")
 
     def __init__(
         self,
@@ -260,38 +261,21 @@ class DenseIndex(SavedIndex):
 
     # -- persistence -------------------------------------------------------------------------------
 
-    def save(self, directory: str | Path) -> None:
-        """Write the index to ``directory`` atomically: a failed save leaves what was there intact."""
+    def write_files(self, staging: Path) -> tuple[list[str], dict[str, Any]]:
         faiss = require("faiss", "dense", "faiss-cpu")
         index = self._faiss if self._faiss is not None else self._empty_faiss()
-        with atomic_directory(directory) as staging:
-            faiss.write_index(index, str(staging / VECTORS))
-            self._write_chunks(staging / CHUNKS)
-            write_manifest(
-                staging,
-                kind=KIND,
-                format_version=FORMAT_VERSION,
-                component=self.to_config(),
-                count=len(self),
-                files=[VECTORS, CHUNKS],
-                index_kind=self.kind,
-                faiss_factory=self._factory or self._resolved_factory(0),
-                model=self.model,
-                dimension=int(index.d),
-                metric=METRIC,
-                next_id=self._next_id,
-            )
+        faiss.write_index(index, str(staging / VECTORS))
+        self._write_chunks(staging / CHUNKS)
+        return [VECTORS, CHUNKS], dict(
+            index_kind=self.kind,
+            faiss_factory=self._factory or self._resolved_factory(0),
+            model=self.model,
+            dimension=int(index.d),
+            metric=METRIC,
+            next_id=self._next_id,
+        )
 
-    def load(self, directory: str | Path) -> None:
-        """Replace this index's contents with a saved one, after checking version, checksums and config.
-
-        The saved index must have been built with this index's ``model``, ``kind`` and ``include_title``;
-        use :meth:`open` to adopt whatever configuration was saved.
-        """
-        directory = Path(directory)
-        manifest = read_manifest(directory, kind=KIND, format_version=FORMAT_VERSION)
-        self._check_compatible(directory, manifest)
-        verify_files(directory, manifest)
+    def read_files(self, directory: Path, manifest: dict[str, Any]) -> None:
         faiss = require("faiss", "dense", "faiss-cpu")
         flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if self.mmap else 0
         index = faiss.read_index(str(directory / VECTORS), flags)
@@ -377,15 +361,6 @@ class DenseIndex(SavedIndex):
             if chunk.id in batch:
                 raise InputError(f"dense index {self.name!r}: chunk id {chunk.id!r} appears twice in the added chunks")
             batch.add(chunk.id)
-
-    def _check_compatible(self, directory: Path, manifest: dict[str, Any]) -> None:
-        saved = manifest.get("component", {}).get("params", {})
-        for key in ("model", "kind", "include_title"):
-            if key in saved and saved[key] != getattr(self, key):
-                raise InputError(
-                    f"{directory}: saved with {key}={saved[key]!r}, but this index has {key}={getattr(self, key)!r}; "
-                    f"configure it the same way, or use DenseIndex.open({str(directory)!r}) to adopt the saved config"
-                )
 
     def _write_chunks(self, path: Path) -> None:
         with path.open("w", encoding="utf-8") as handle:

@@ -29,9 +29,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from indexes.manifest import MANIFEST, SavedIndex, read_manifest, verify_files, write_manifest
+from indexes.manifest import MANIFEST, SavedIndex
 from rag.errors import InputError
-from rag.io import atomic_directory
 from rag.protocols import text_batch
 from rag.registry import Component, build
 from rag.types import Chunk, Hit
@@ -152,36 +151,28 @@ class HybridIndex(SavedIndex):
 
     # -- persistence -------------------------------------------------------------------------------
 
-    def save(self, directory: str | Path) -> None:
-        """Save every member into its own subdirectory, all in one atomic directory swap."""
-        with atomic_directory(directory) as staging:
-            for number, member in enumerate(self._members):
-                member.save(staging / member_directory(number))
-            write_manifest(
-                staging,
-                kind=KIND,
-                format_version=FORMAT_VERSION,
-                component=self.to_config(),
-                count=len(self),
-                files=[f"{member_directory(n)}/{MANIFEST}" for n in range(len(self._members))],
-                members=self.members,
-                method=self.method,
-                weights=self.weights,
-                depth=self.depth,
-                rrf_k=self.rrf_k,
-            )
+    def write_files(self, staging: Path) -> tuple[list[str], dict[str, Any]]:
+        """Every member in its own subdirectory (all inside the one atomic directory swap)."""
+        for number, member in enumerate(self._members):
+            member.save(staging / member_directory(number))
+        return [f"{member_directory(n)}/{MANIFEST}" for n in range(len(self._members))], dict(
+            members=self.members,
+            method=self.method,
+            weights=self.weights,
+            depth=self.depth,
+            rrf_k=self.rrf_k,
+        )
 
-    def load(self, directory: str | Path) -> None:
-        """Load every member from a saved hybrid index with the same member configs; all or nothing."""
-        directory = Path(directory)
-        manifest = read_manifest(directory, kind=KIND, format_version=FORMAT_VERSION)
+    def check_saved_params(self, directory: Path, manifest: Mapping[str, Any]) -> None:
         saved = manifest.get("members", [])
         if [m.get("type") for m in saved] != [m["type"] for m in self.members]:
             raise InputError(
                 f"{directory}: saved with members {[m.get('type') for m in saved]}, but this index has "
                 f"{[m['type'] for m in self.members]}; use HybridIndex.open({str(directory)!r}) to adopt the saved config"
             )
-        verify_files(directory, manifest)
+
+    def read_files(self, directory: Path, manifest: dict[str, Any]) -> None:
+        """Load every member (each checks its own files and config); all or nothing."""
         fresh = [build("index", config) for config in self.members]
         for number, member in enumerate(fresh):
             member.load(directory / member_directory(number))

@@ -74,11 +74,10 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from indexes.bm25 import BM25Index, _check_new_ids, read_chunks, write_chunks
-from indexes.manifest import MANIFEST, SavedIndex, read_manifest, verify_files, write_manifest
+from indexes.bm25 import BM25Index
+from indexes.manifest import MANIFEST, SavedIndex, check_new_ids, read_chunks, write_chunks
 from rag.encoders import warn_long_queries
 from rag.errors import InputError
-from rag.io import atomic_directory
 from rag.lazy import require
 from rag.protocols import text_batch
 from rag.registry import Component
@@ -630,6 +629,8 @@ class LateInteractionIndex(SavedIndex):
 
     manifest_kind = KIND
     manifest_version = FORMAT_VERSION
+    # what the stored vectors depend on; search settings (nprobe, candidates, exhaustive) are the loading index's
+    saved_params = ("model", "storage", "max_length")
 
     def __init__(
         self,
@@ -683,7 +684,7 @@ class LateInteractionIndex(SavedIndex):
         chunks = list(chunks)
         if not chunks:
             return
-        _check_new_ids(self.name, self._rows, chunks)
+        check_new_ids(self.name, self._rows, chunks)
         vectors = self._encoder.encode_documents([text_of(c) for c in chunks])
         self._check_dimension(vectors)
         self.add_encoded(chunks, vectors)
@@ -692,7 +693,7 @@ class LateInteractionIndex(SavedIndex):
         """Add chunks whose token vectors were computed already (by this index's encoder: see
         :meth:`encode_chunks`); benchmarks use it to build several variants from one encoding."""
         chunks = list(chunks)
-        _check_new_ids(self.name, self._rows, chunks)
+        check_new_ids(self.name, self._rows, chunks)
         if len(vectors) != len(chunks):
             raise InputError(f"late index {self.name!r}: {len(chunks)} chunks but {len(vectors)} token matrices")
         self._check_dimension(vectors)
@@ -867,44 +868,27 @@ class LateInteractionIndex(SavedIndex):
 
     # -- persistence -------------------------------------------------------------------------------
 
-    def save(self, directory: str | Path) -> None:
-        """Write the index to ``directory`` atomically: a failed save leaves what was there intact."""
-        with atomic_directory(directory) as staging:
-            write_chunks(staging / CHUNKS, self._chunks, self.name)
-            files = [CHUNKS, *self._store.save(staging)]
-            if self._centroids is not None:
-                np.save(staging / CENTROIDS, self._centroids, allow_pickle=False)
-                np.save(staging / CODES, self._codes, allow_pickle=False)
-                files += [CENTROIDS, CODES]
-            write_manifest(
-                staging,
-                kind=KIND,
-                format_version=FORMAT_VERSION,
-                component=self.to_config(),
-                count=len(self),
-                files=files,
-                model=self.model,
-                encoder="colbert" if self._loaded_colbert() else "token-embeddings",
-                dimension=self._store.dimension,
-                storage=self.storage,
-                tokens=self.n_tokens,
-                nlist=0 if self._centroids is None else len(self._centroids),
-                trained_tokens=self._trained_tokens,
-                token_bytes_float32=self.token_bytes_float32,
-                stored_bytes=self.stored_bytes,
-                compression_ratio=self.compression_ratio(),
-            )
+    def write_files(self, staging: Path) -> tuple[list[str], dict[str, Any]]:
+        write_chunks(staging / CHUNKS, self._chunks, self.name)
+        files = [CHUNKS, *self._store.save(staging)]
+        if self._centroids is not None:
+            np.save(staging / CENTROIDS, self._centroids, allow_pickle=False)
+            np.save(staging / CODES, self._codes, allow_pickle=False)
+            files += [CENTROIDS, CODES]
+        return files, dict(
+            model=self.model,
+            encoder="colbert" if self._loaded_colbert() else "token-embeddings",
+            dimension=self._store.dimension,
+            storage=self.storage,
+            tokens=self.n_tokens,
+            nlist=0 if self._centroids is None else len(self._centroids),
+            trained_tokens=self._trained_tokens,
+            token_bytes_float32=self.token_bytes_float32,
+            stored_bytes=self.stored_bytes,
+            compression_ratio=self.compression_ratio(),
+        )
 
-    def load(self, directory: str | Path) -> None:
-        """Replace this index's contents with a saved one, after checking version, checksums and config.
-
-        The saved index must have this index's ``model``, ``storage`` and ``max_length``; search settings
-        (``nprobe``, ``candidates``, ``exhaustive``) are this index's own. :meth:`open` adopts the saved config.
-        """
-        directory = Path(directory)
-        manifest = read_manifest(directory, kind=KIND, format_version=FORMAT_VERSION)
-        _check_compatible(self, directory, manifest, ("model", "storage", "max_length"), "LateInteractionIndex")
-        verify_files(directory, manifest)
+    def read_files(self, directory: Path, manifest: dict[str, Any]) -> None:
         chunks = list(read_chunks(directory / CHUNKS).values())
         store = _TokenStore.read(directory, self.storage, len(chunks))
         centroids, codes = None, np.zeros(0, dtype=np.int32)
@@ -997,16 +981,6 @@ def _assign(store: _TokenStore, centroids: np.ndarray, start: int) -> np.ndarray
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int32)
 
 
-def _check_compatible(index: Any, directory: Path, manifest: dict[str, Any], keys: Sequence[str], cls: str) -> None:
-    saved = manifest.get("component", {}).get("params", {})
-    for key in keys:
-        if key in saved and saved[key] != getattr(index, key):
-            raise InputError(
-                f"{directory}: saved with {key}={saved[key]!r}, but this index has {key}={getattr(index, key)!r}; "
-                f"configure it the same way, or use {cls}.open({str(directory)!r}) to adopt the saved config"
-            )
-
-
 # -- BM25 + MaxSim reranking ---------------------------------------------------------------------------
 
 
@@ -1020,6 +994,7 @@ class LateRerankIndex(SavedIndex):
 
     manifest_kind = RERANK_KIND
     manifest_version = FORMAT_VERSION
+    saved_params = ("model", "storage", "max_length")
 
     def __init__(
         self,
@@ -1057,14 +1032,14 @@ class LateRerankIndex(SavedIndex):
         chunks = list(chunks)
         if not chunks:
             return
-        _check_new_ids(self.name, self._rows, chunks)
+        check_new_ids(self.name, self._rows, chunks)
         vectors = self._encoder.encode_documents([text_of(c) for c in chunks])
         self.add_encoded(chunks, vectors)
 
     def add_encoded(self, chunks: list[Chunk], vectors: list[np.ndarray]) -> None:
         """Add chunks with token vectors computed already (benchmarks reuse one encoding)."""
         chunks = list(chunks)
-        _check_new_ids(self.name, self._rows, chunks)
+        check_new_ids(self.name, self._rows, chunks)
         store = self._store.extended(list(vectors))
         self._bm25.add(chunks)
         self._store = store
@@ -1125,32 +1100,18 @@ class LateRerankIndex(SavedIndex):
         raw = self._store.n_tokens * self._store.dimension * 4
         return round(raw / self._store.stored_bytes, 3) if self._store.n_tokens else 0.0
 
-    def save(self, directory: str | Path) -> None:
-        """Save BM25 under ``bm25/`` and the token vectors beside it, in one atomic directory swap."""
-        with atomic_directory(directory) as staging:
-            self._bm25.save(staging / BM25_DIR)
-            write_chunks(staging / CHUNKS, self._chunks, self.name)
-            files = [CHUNKS, f"{BM25_DIR}/{MANIFEST}", *self._store.save(staging)]
-            write_manifest(
-                staging,
-                kind=RERANK_KIND,
-                format_version=FORMAT_VERSION,
-                component=self.to_config(),
-                count=len(self),
-                files=files,
-                model=self.model,
-                dimension=self._store.dimension,
-                storage=self.storage,
-                tokens=self._store.n_tokens,
-                compression_ratio=self.compression_ratio(),
-            )
+    def write_files(self, staging: Path) -> tuple[list[str], dict[str, Any]]:
+        self._bm25.save(staging / BM25_DIR)
+        write_chunks(staging / CHUNKS, self._chunks, self.name)
+        return [CHUNKS, f"{BM25_DIR}/{MANIFEST}", *self._store.save(staging)], dict(
+            model=self.model,
+            dimension=self._store.dimension,
+            storage=self.storage,
+            tokens=self._store.n_tokens,
+            compression_ratio=self.compression_ratio(),
+        )
 
-    def load(self, directory: str | Path) -> None:
-        """Load a saved late-rerank index built with this index's ``model``, ``storage`` and ``max_length``."""
-        directory = Path(directory)
-        manifest = read_manifest(directory, kind=RERANK_KIND, format_version=FORMAT_VERSION)
-        _check_compatible(self, directory, manifest, ("model", "storage", "max_length"), "LateRerankIndex")
-        verify_files(directory, manifest)
+    def read_files(self, directory: Path, manifest: dict[str, Any]) -> None:
         chunks = list(read_chunks(directory / CHUNKS).values())
         store = _TokenStore.read(directory, self.storage, len(chunks))
         bm25 = BM25Index(k1=self.k1, b=self.b, fields="flat", name=f"{self.name}-bm25")

@@ -183,3 +183,21 @@ def java_exception() -> type[BaseException]:
     """pyjnius's ``JavaException``, for wrapping Lucene failures in specrag errors."""
     start_jvm()
     return importlib.import_module("jnius").JavaException
+
+
+def run_java(call: Any, what: str) -> Any:
+    """``call()``, with a Java exception turned into a :class:`JavaError` saying what failed."""
+    try:
+        return call()
+    except java_exception() as exc:
+        raise JavaError(f"Lucene failed {what}: {java_message(exc)}") from None
+
+
+def java_message(exc: BaseException) -> str:
+    """The message of a Java exception (its inner message, else its class name)."""
+    return str(getattr(exc, "innermessage", None) or getattr(exc, "classname", None) or exc)
+
+
+def anserini_version() -> str:
+    """The version of the Anserini jar in use (recorded in the manifests of Lucene indexes)."""
+    return anserini_jar().name.removeprefix("anserini-").removesuffix("-fatjar.jar")

@@ -27,8 +27,9 @@ from typing import Any, Iterable, Mapping
 
 from rag import __version__
 from rag.errors import FormatVersionError, InputError, SpecragError
-from rag.io import atomic_write_json, recover_directory, sha256_file
+from rag.io import atomic_write_json, read_jsonl, recover_directory, sha256_file
 from rag.registry import Component, build, name_of
+from rag.types import Chunk
 
 MANIFEST = "manifest.json"
 RESERVED = frozenset({"format_version", "kind", "component", "count", "files", "created_at", "specrag_version"})
@@ -137,17 +138,62 @@ def _describe(path: Path) -> dict[str, Any]:
 
 
 class SavedIndex(Component):
-    """Base of the indexes saved with a manifest: ``open(directory)`` rebuilds the index recorded there.
+    """Base of the indexes saved with a manifest; it does the persistence that every index shares.
 
-    Subclasses set ``manifest_kind`` and ``manifest_version`` and implement ``load``.
+    :meth:`save` writes into a staging directory swapped in atomically (a failed or killed save leaves what
+    was there), with ``manifest.json`` recording kind, format version, the component's config, the count and
+    a checksum per file; :meth:`load` checks all of that and the params in ``saved_params`` before anything
+    is read; ``open(directory)`` rebuilds the index recorded there. A subclass sets ``manifest_kind``,
+    ``manifest_version`` and ``saved_params`` and writes and reads only its own files (:meth:`write_files`,
+    :meth:`read_files`).
     """
 
     role = "index"
     manifest_kind: str = ""
     manifest_version: int = 0
+    # Params baked into the saved files: load() refuses a saved index whose recorded value of one differs
+    # from this index's (the others, such as BM25's k1 and b in Lucene, act at search time: this index's own).
+    saved_params: tuple[str, ...] = ()
+
+    def save(self, directory: str | Path) -> None:
+        """Write the index to ``directory`` atomically: a failed or killed save leaves what was there intact."""
+        from rag.io import atomic_directory
+
+        with atomic_directory(directory) as staging:
+            files, fields = self.write_files(staging)
+            write_manifest(staging, kind=self.manifest_kind, format_version=self.manifest_version,
+                           component=self.to_config(), count=len(self), files=files, **fields)
 
     def load(self, directory: str | Path) -> None:
+        """Replace this index's contents with a saved one, after checking its kind, format version, the
+        params in ``saved_params`` and every file's checksum; :meth:`open` adopts the saved config instead."""
+        directory = Path(directory)
+        manifest = read_manifest(directory, kind=self.manifest_kind, format_version=self.manifest_version)
+        self.check_saved_params(directory, manifest)
+        verify_files(directory, manifest)
+        self.read_files(directory, manifest)
+
+    def write_files(self, staging: Path) -> tuple[list[str], dict[str, Any]]:
+        """Write this index's own files into ``staging``: their names (relative to it), and the fields the
+        manifest records besides the common ones."""
         raise NotImplementedError
+
+    def read_files(self, directory: Path, manifest: dict[str, Any]) -> None:
+        """Replace this index's contents with the files of a saved index (kind, version, params and checksums
+        already checked); check that they agree with each other before changing anything."""
+        raise NotImplementedError
+
+    def check_saved_params(self, directory: Path, manifest: Mapping[str, Any]) -> None:
+        """Refuse a saved index whose value of a param in ``saved_params`` differs from this index's."""
+        component = manifest.get("component")
+        saved = component.get("params", {}) if isinstance(component, Mapping) else {}
+        for key in self.saved_params:
+            if key in saved and saved[key] != getattr(self, key):
+                raise InputError(
+                    f"{directory}: saved with {key}={saved[key]!r}, but this index has {key}={getattr(self, key)!r}; "
+                    f"configure it the same way, or use {type(self).__name__}.open({str(directory)!r}) to adopt "
+                    "the saved config"
+                )
 
     @classmethod
     def open(cls, directory: str | Path) -> "SavedIndex":
@@ -166,3 +212,44 @@ class SavedIndex(Component):
             raise InputError(f"{Path(directory) / MANIFEST}: {exc}") from None
         index.load(directory)
         return index
+
+
+# -- chunks on disk (every index kind that keeps its chunks) ------------------------------------------
+
+
+def check_new_ids(name: str, present: Any, chunks: list[Chunk]) -> None:
+    """Refuse added chunks that are not Chunks, whose id ``present`` holds, or that repeat an id in the batch."""
+    batch: set[str] = set()
+    for chunk in chunks:
+        if not isinstance(chunk, Chunk):
+            raise InputError(f"index {name!r}: expected Chunk objects, got {type(chunk).__name__}")
+        if chunk.id in present:
+            raise InputError(f"index {name!r}: chunk id {chunk.id!r} is already in the index")
+        if chunk.id in batch:
+            raise InputError(f"index {name!r}: chunk id {chunk.id!r} appears twice in the added chunks")
+        batch.add(chunk.id)
+
+
+def write_chunks(path: Path, chunks: Iterable[Chunk], name: str) -> None:
+    """One ``Chunk.to_dict()`` JSON object per line."""
+    with path.open("w", encoding="utf-8") as handle:
+        for chunk in chunks:
+            try:
+                line = json.dumps(chunk.to_dict(), ensure_ascii=False)
+            except TypeError as exc:
+                raise InputError(f"index {name!r}: chunk {chunk.id!r} has metadata that is not JSON ({exc})") from None
+            handle.write(line + "\n")
+
+
+def read_chunks(path: Path) -> dict[str, Chunk]:
+    """Chunk id -> chunk from a file written by :func:`write_chunks`, in file order."""
+    chunks: dict[str, Chunk] = {}
+    for number, record in read_jsonl(path):
+        try:
+            chunk = Chunk.from_dict(record)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"{path}, line {number}: not a saved chunk ({exc})") from None
+        if chunk.id in chunks:
+            raise InputError(f"{path}, line {number}: chunk id {chunk.id!r} appears twice")
+        chunks[chunk.id] = chunk
+    return chunks

@@ -45,20 +45,11 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from indexes.bm25 import (
-    _anserini_version,
-    _check_new_ids,
-    _java_exception,
-    _java_message,
-    _LuceneDir,
-    _run_java,
-    read_chunks,
-    write_chunks,
-)
-from indexes.manifest import MANIFEST, SavedIndex, read_manifest, verify_files, write_manifest
+from indexes.lucene import anserini_version, java_exception, java_message, run_java
+from indexes.lucene_dir import LuceneDir
+from indexes.manifest import MANIFEST, SavedIndex, check_new_ids, read_chunks, write_chunks
 from rag.encoders import PROGRESS_THRESHOLD, warn_long_queries
 from rag.errors import InputError
-from rag.io import atomic_directory
 from rag.lazy import require
 from rag.protocols import text_batch
 from rag.shared import shared_model
@@ -276,6 +267,7 @@ class SpladeIndex(SavedIndex):
 
     manifest_kind = KIND
     manifest_version = FORMAT_VERSION
+    saved_params = ("model", "scale", "max_length", "include_title")  # they shape the saved impact weights
 
     def __init__(
         self,
@@ -302,8 +294,8 @@ class SpladeIndex(SavedIndex):
         self.name = name
         self.dtype = dtype
         self._chunks: dict[str, Chunk] = {}  # chunk id -> chunk, in insertion order
-        self._lucene: _LuceneDir | None = None  # the working Lucene impact index; None while nothing is indexed
-        self._searcher: tuple[_LuceneDir, Any] | None = None  # Anserini's searcher and the directory it reads
+        self._lucene: LuceneDir | None = None  # the working Lucene impact index; None while nothing is indexed
+        self._searcher: tuple[LuceneDir, Any] | None = None  # Anserini's searcher and the directory it reads
 
     # -- the Index protocol ------------------------------------------------------------------------
 
@@ -315,7 +307,7 @@ class SpladeIndex(SavedIndex):
         chunks = list(chunks)
         if not chunks:
             return
-        _check_new_ids(self.name, self._chunks, chunks)
+        check_new_ids(self.name, self._chunks, chunks)
         vectors = quantize(self.encoder.encode_documents([self.text_of(c) for c in chunks]), self.scale)
         self._add_vectors(chunks, vectors)
 
@@ -329,7 +321,7 @@ class SpladeIndex(SavedIndex):
             if vector
         ]
         if records:
-            self._lucene = _LuceneDir.with_added(self._lucene, records, IMPACT_COLLECTION_ARGS, self.threads)
+            self._lucene = LuceneDir.with_added(self._lucene, records, IMPACT_COLLECTION_ARGS, self.threads)
         for chunk in chunks:
             self._chunks[chunk.id] = chunk
 
@@ -351,9 +343,9 @@ class SpladeIndex(SavedIndex):
         searcher = self._impact_searcher()
         try:
             rows = _impact_search(searcher, maps, k, self.threads)
-        except _java_exception() as exc:
+        except java_exception() as exc:
             raise InputError(
-                f"splade index {self.name!r}: Lucene failed on the queries: {_java_message(exc)}"
+                f"splade index {self.name!r}: Lucene failed on the queries: {java_message(exc)}"
             ) from None
         chunks, name, norm = self._chunks, self.name, float(self.scale) ** 2
         return [
@@ -389,44 +381,21 @@ class SpladeIndex(SavedIndex):
 
     # -- persistence -------------------------------------------------------------------------------
 
-    def save(self, directory: str | Path) -> None:
-        """Write the index to ``directory`` atomically: a failed or killed save leaves what was there intact."""
-        with atomic_directory(directory) as staging:
-            write_chunks(staging / CHUNKS, self._chunks.values(), self.name)
-            lucene_files = self._lucene.copy_to(staging / LUCENE) if self._lucene is not None else []
-            write_manifest(
-                staging,
-                kind=KIND,
-                format_version=FORMAT_VERSION,
-                component=self.to_config(),
-                count=len(self),
-                files=[CHUNKS, *(f"{LUCENE}/{name}" for name in lucene_files)],
-                model=self.model,
-                scale=self.scale,
-                quantisation=QUANTISATION,
-                weighting=WEIGHTING,
-                max_length=self.max_length,
-                include_title=self.include_title,
-                anserini=_anserini_version(),
-                lucene_documents=self._lucene.documents() if self._lucene is not None else 0,
-            )
+    def write_files(self, staging: Path) -> tuple[list[str], dict[str, Any]]:
+        write_chunks(staging / CHUNKS, self._chunks.values(), self.name)
+        lucene_files = self._lucene.copy_to(staging / LUCENE) if self._lucene is not None else []
+        return [CHUNKS, *(f"{LUCENE}/{name}" for name in lucene_files)], dict(
+            model=self.model,
+            scale=self.scale,
+            quantisation=QUANTISATION,
+            weighting=WEIGHTING,
+            max_length=self.max_length,
+            include_title=self.include_title,
+            anserini=anserini_version(),
+            lucene_documents=self._lucene.documents() if self._lucene is not None else 0,
+        )
 
-    def load(self, directory: str | Path) -> None:
-        """Replace this index's contents with a saved one, after checking version, checksums and config.
-
-        The saved index must have this index's ``model``, ``scale``, ``max_length`` and ``include_title``;
-        :meth:`open` adopts the saved configuration instead.
-        """
-        directory = Path(directory)
-        manifest = read_manifest(directory, kind=KIND, format_version=FORMAT_VERSION)
-        for key in ("model", "scale", "max_length", "include_title"):
-            if key in manifest and manifest[key] != getattr(self, key):
-                raise InputError(
-                    f"{directory}: saved with {key}={manifest[key]!r}, "
-                    f"but this index has {key}={getattr(self, key)!r}; "
-                    f"configure it the same way, or use SpladeIndex.open({str(directory)!r}) to adopt the saved config"
-                )
-        verify_files(directory, manifest)
+    def read_files(self, directory: Path, manifest: dict[str, Any]) -> None:
         chunks = read_chunks(directory / CHUNKS)
         documents = manifest.get("lucene_documents")
         if not isinstance(documents, int) or isinstance(documents, bool):
@@ -440,7 +409,7 @@ class SpladeIndex(SavedIndex):
                 f"{directory}: {CHUNKS} holds {len(chunks)} chunks, the manifest counts {manifest.get('count')} chunks "
                 f"and {documents} Lucene documents; they must agree"
             )
-        lucene = _LuceneDir.from_saved(directory / LUCENE) if documents else None
+        lucene = LuceneDir.from_saved(directory / LUCENE) if documents else None
         if lucene is not None and lucene.documents() != documents:
             found = lucene.documents()
             lucene.close()
@@ -489,8 +458,8 @@ class SpladeIndex(SavedIndex):
         lucene = self._lucene
         assert lucene is not None
         if self._searcher is None or self._searcher[0] is not lucene:
-            searcher = _run_java(lambda: _impact_searcher_class()(str(lucene.path)), f"opening {lucene.path}")
-            lucene._open.append(searcher)  # closed with its directory (see indexes.bm25._LuceneDir)
+            searcher = run_java(lambda: _impact_searcher_class()(str(lucene.path)), f"opening {lucene.path}")
+            lucene._open.append(searcher)  # closed with its directory (see indexes.bm25.LuceneDir)
             self._searcher = (lucene, searcher)
         return self._searcher[1]
 

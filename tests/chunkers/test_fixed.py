@@ -3,9 +3,9 @@
 import pytest
 
 from chunkers.fixed import SentenceChunker, TokenChunker
-from chunkers.text import count_tokens, sentence_units
 from rag.errors import InputError
 from rag.registry import build
+from rag.text import count_tokens, sentence_units
 from rag.types import Document
 
 pytestmark = pytest.mark.filterwarnings("ignore")

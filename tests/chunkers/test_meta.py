@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from chunkers.meta import MarginChunker, PerplexityChunker, dynamic_merge, local_minima
-from chunkers.text import count_tokens, segment, sentence_units
+from chunkers.text import segment
 from rag.errors import InputError
 from rag.registry import build
+from rag.text import count_tokens, sentence_units
 from rag.types import Document
 from tests.chunkers.topics import BREAD, PYTHON, RAINFOREST
 

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chunkers.text import count_tokens
 from rag.registry import build
+from rag.text import count_tokens
 from rag.types import Document
 
 pytestmark = pytest.mark.filterwarnings("ignore")

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from chunkers.semantic import SemanticChunker, breakpoint_threshold, window_distances
-from chunkers.text import count_tokens
 from rag.errors import InputError
 from rag.registry import build
+from rag.text import count_tokens
 from rag.types import Document
 from tests.chunkers.topics import PYTHON, RAINFOREST
 

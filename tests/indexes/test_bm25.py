@@ -234,7 +234,7 @@ def slow_copy(src, dst, *args, **kwargs):
     open(sys.argv[2], "w").close()  # tell the parent the save is half-way
     time.sleep(60)
     return result
-bm25.shutil.copyfile = slow_copy
+shutil.copyfile = slow_copy  # the Lucene directory copies its files with it
 index.save(sys.argv[1])
 """
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexes.bm25s_index import BM25sIndex, lucene_length, lucene_porter, tokenize
+from indexes.bm25s_index import BM25sIndex, lucene_length
+from rag.analysis import lucene_porter, tokenize
 from indexes.manifest import ChecksumError
 from rag.errors import FormatVersionError, InputError
 from rag.registry import build

@@ -162,7 +162,7 @@ def test_queries_k_and_empty_indexes(built: SpladeIndex) -> None:
 
 
 def test_duplicate_ids_and_a_failed_add_leave_the_index_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
-    import indexes.bm25 as bm25  # SPLADE indexes through the BM25 module's Lucene directory builder
+    import indexes.lucene_dir as lucene_dir  # SPLADE indexes through the shared Lucene directory builder
 
     idx = SpladeIndex()
     idx.add(make_chunks(list(DOCS)[:5]))
@@ -175,7 +175,7 @@ def test_duplicate_ids_and_a_failed_add_leave_the_index_unchanged(monkeypatch: p
     def broken() -> None:
         raise RuntimeError("indexer crashed")
 
-    monkeypatch.setattr(bm25, "_index_collection", broken)
+    monkeypatch.setattr(lucene_dir, "_index_collection", broken)
     with pytest.raises(RuntimeError, match="indexer crashed"):
         idx.add(make_chunks(["violin"]))
     assert len(idx) == 5 and "violin#0" not in idx and ranked(idx.search(QUERIES, k=3)) == before

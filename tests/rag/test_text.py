@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from chunkers import text as text_module
-from chunkers.text import token_starts_many
+from rag import text as text_module
+from rag.text import token_starts_many
 
 PARAGRAPH = ("Insulin lowers blood glucose by helping cells absorb sugar. Naïve café-goers paid €5, ¥300 or 🙂!\n\n"
              "  Indented   spaces\tand\ttabs; code_like_identifiers(x=1) and CamelCaseWords.  ")
