@@ -38,7 +38,8 @@ class DocumentChunker(BaseChunker):
         pass
 
     def chunk(self, doc: Document) -> list[Chunk]:
-        return [Chunk.whole(doc, chunk_id(doc.id, 0))]
+        # like every chunker, nothing from a document without text (it was a chunk of whitespace)
+        return [Chunk.whole(doc, chunk_id(doc.id, 0))] if doc.text.strip() else []
 
 
 class RecursiveChunker(BaseChunker):
