@@ -19,12 +19,14 @@ and the chunk.
 
 from __future__ import annotations
 
+from dataclasses import field
 from typing import Any
 
 import numpy as np
 
 from rag.errors import InputError
 from rag.protocols import BaseFilter
+from rag.registry import declared_params
 from rag.rerank import check_hits
 from rag.types import Hit
 
@@ -34,14 +36,16 @@ def ranked(name: str, query: str, hits: list[Hit]) -> list[Hit]:
     return sorted(check_hits(f"{name} filter", query, hits), key=lambda h: -h.score)
 
 
+@declared_params
 class TopKFilter(BaseFilter):
     """Keep the ``k`` best hits, optionally only those scoring at least ``min_score``."""
 
-    def __init__(self, k: int = 5, min_score: float | None = None) -> None:
-        if k < 1:
-            raise InputError(f"top-k filter: k must be at least 1, got {k}")
-        self.k = k
-        self.min_score = min_score
+    k: int = 5
+    min_score: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise InputError(f"top-k filter: k must be at least 1, got {self.k}")
 
     def filter(self, query: str, hits: list[Hit]) -> list[Hit]:
         kept = ranked("top-k", query, hits)[: self.k]
@@ -50,17 +54,21 @@ class TopKFilter(BaseFilter):
         return kept
 
 
+@declared_params
 class ThresholdFilter(BaseFilter):
     """Keep the hits scoring at least ``min_score``, best first. The same cut for every query: raw scores
     of most retrievers are not comparable across queries, which is what ``calibrated`` fixes."""
 
-    def __init__(self, min_score: float = 0.0) -> None:
-        self.min_score = float(min_score)
+    min_score: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.min_score = float(self.min_score)
 
     def filter(self, query: str, hits: list[Hit]) -> list[Hit]:
         return [h for h in ranked("threshold", query, hits) if h.score >= self.min_score]
 
 
+@declared_params
 class ScoreDropFilter(BaseFilter):
     """Keep hits, best first, until the score falls faster than ``max_drop`` (SAGE's cut-off).
 
@@ -70,18 +78,18 @@ class ScoreDropFilter(BaseFilter):
     (best minus worst). At least ``min_keep`` and at most ``max_keep`` hits are kept.
     """
 
-    def __init__(self, max_drop: float = 0.3, relative_to: str = "previous", min_keep: int = 1,
-                 max_keep: int | None = None) -> None:
-        if not 0 < max_drop < 1:
-            raise InputError(f"score-drop filter: max_drop must be between 0 and 1, got {max_drop}")
-        if relative_to not in ("previous", "range"):
-            raise InputError(f"score-drop filter: relative_to must be 'previous' or 'range', got {relative_to!r}")
-        if min_keep < 0 or (max_keep is not None and max_keep < max(min_keep, 1)):
-            raise InputError(f"score-drop filter: need 0 <= min_keep <= max_keep, got {min_keep}, {max_keep}")
-        self.max_drop = max_drop
-        self.relative_to = relative_to
-        self.min_keep = min_keep
-        self.max_keep = max_keep
+    max_drop: float = 0.3
+    relative_to: str = "previous"
+    min_keep: int = 1
+    max_keep: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 < self.max_drop < 1:
+            raise InputError(f"score-drop filter: max_drop must be between 0 and 1, got {self.max_drop}")
+        if self.relative_to not in ("previous", "range"):
+            raise InputError(f"score-drop filter: relative_to must be 'previous' or 'range', got {self.relative_to!r}")
+        if self.min_keep < 0 or (self.max_keep is not None and self.max_keep < max(self.min_keep, 1)):
+            raise InputError(f"score-drop filter: need 0 <= min_keep <= max_keep, got {self.min_keep}, {self.max_keep}")
 
     def filter(self, query: str, hits: list[Hit]) -> list[Hit]:
         hits = ranked("score-drop", query, hits)
@@ -110,6 +118,7 @@ class ScoreDropFilter(BaseFilter):
         return hits[:keep]
 
 
+@declared_params
 class MMRFilter(BaseFilter):
     """Maximal marginal relevance: pick ``k`` hits one at a time by
     ``lambda_mult * relevance - (1 - lambda_mult) * max similarity to the hits already picked``.
@@ -120,19 +129,19 @@ class MMRFilter(BaseFilter):
     their scores and come out in the order picked.
     """
 
-    def __init__(self, k: int = 5, lambda_mult: float = 0.7, duplicate_threshold: float = 0.95,
-                 model: str = "minilm") -> None:
-        if k < 1:
-            raise InputError(f"mmr filter: k must be at least 1, got {k}")
-        if not 0 <= lambda_mult <= 1:
-            raise InputError(f"mmr filter: lambda_mult must be between 0 and 1, got {lambda_mult}")
-        if not 0 < duplicate_threshold <= 1:
-            raise InputError(f"mmr filter: duplicate_threshold must be in (0, 1], got {duplicate_threshold}")
-        self.k = k
-        self.lambda_mult = lambda_mult
-        self.duplicate_threshold = duplicate_threshold
-        self.model = model
-        self._encoder: Any = None
+    k: int = 5
+    lambda_mult: float = 0.7
+    duplicate_threshold: float = 0.95
+    model: str = "minilm"
+    _encoder: Any = field(default=None, init=False)  # loaded on first use
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise InputError(f"mmr filter: k must be at least 1, got {self.k}")
+        if not 0 <= self.lambda_mult <= 1:
+            raise InputError(f"mmr filter: lambda_mult must be between 0 and 1, got {self.lambda_mult}")
+        if not 0 < self.duplicate_threshold <= 1:
+            raise InputError(f"mmr filter: duplicate_threshold must be in (0, 1], got {self.duplicate_threshold}")
 
     def embed(self, texts: list[str]) -> np.ndarray:
         if self._encoder is None:
@@ -168,15 +177,13 @@ class MMRFilter(BaseFilter):
         return [hits[i] for i in picked]
 
 
+@declared_params
 class ReorderFilter(BaseFilter):
     """Every hit, strongest at the start and the end of the list and weakest in the middle.
 
     Long-context models use the start and end of their context best ("Lost in the Middle"): the best hit
     goes first, the second best last, the third second, the fourth second to last, and so on.
     """
-
-    def __init__(self) -> None:
-        pass
 
     def filter(self, query: str, hits: list[Hit]) -> list[Hit]:
         hits = ranked("reorder", query, hits)

@@ -235,11 +235,33 @@ def _check_role(role: str) -> None:
         raise UnknownComponentError(f"unknown role {role!r}; roles: {', '.join(ROLES)}")
 
 
+def declared_params(cls: type) -> type:
+    """Class decorator: ``cls``'s annotated class attributes are its params, declared once.
+
+    The constructor, the config round trip, equality and ``repr`` all come from the declaration (it makes
+    ``cls`` a dataclass without dataclass equality or repr, which :class:`Component` supplies from the
+    config); checks go in ``__post_init__``; state that is not a param is a field with ``init=False``::
+
+        @declared_params
+        class TopKFilter(BaseFilter):
+            k: int = 5
+            min_score: float | None = None
+
+            def __post_init__(self) -> None:
+                if self.k < 1:
+                    raise InputError(f"top-k filter: k must be at least 1, got {self.k}")
+    """
+    import dataclasses
+
+    return dataclasses.dataclass(eq=False, repr=False)(cls)
+
+
 class Component:
     """Base for every pipeline component: serialises to ``{"type", "params"}`` and back.
 
-    Subclasses set ``role`` and keep each constructor argument on an attribute of the same name, so the
-    config is read back from the object itself; two components are equal when their configs are.
+    Subclasses set ``role`` and either declare their params (:func:`declared_params`) or keep each
+    constructor argument on an attribute of the same name; either way the config is read back from the
+    object itself, and two components are equal when their configs are.
     """
 
     role: str = ""

@@ -121,3 +121,24 @@ def test_components_of_installed_packages_register_through_entry_points(tmp_path
     warnings_ = "\n".join(lines[2:])
     assert "'filter.malformed'" in warnings_ and "specrag-plugin" in warnings_
     assert "'filter.top-k'" in warnings_ and "already rag.filters:TopKFilter" in warnings_
+
+
+def test_declared_params_give_the_constructor_config_equality_repr_and_checks():
+    """A component that declares its params once (rag.registry.declared_params) gets its constructor, config
+    round trip, equality, repr and the registry's type checks from the declaration; checks run in
+    __post_init__; state that is not a param (init=False) stays out of the config."""
+    from rag.filters import MMRFilter, ScoreDropFilter
+
+    drop = ScoreDropFilter(max_drop=0.5, relative_to="range")
+    assert drop.to_config() == {"type": "score-drop",
+                                "params": {"max_drop": 0.5, "relative_to": "range", "min_keep": 1, "max_keep": None}}
+    assert registry.build("filter", drop.to_config()) == drop != ScoreDropFilter()
+    assert repr(drop) == "ScoreDropFilter(max_drop=0.5, relative_to='range', min_keep=1, max_keep=None)"
+    with pytest.raises(InputError, match="max_drop must be between 0 and 1, got 2"):
+        ScoreDropFilter(max_drop=2)
+    with pytest.raises(InputError, match="param 'min_keep' = 'many'"):
+        registry.build("filter", {"type": "score-drop", "params": {"min_keep": "many"}})
+    mmr = MMRFilter(k=3)
+    assert "_encoder" not in mmr.to_config()["params"] and mmr._encoder is None
+    with pytest.raises(InputError, match=r"does not take \['_encoder'\]"):
+        registry.build("filter", {"type": "mmr", "params": {"_encoder": 1}})
