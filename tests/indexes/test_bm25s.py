@@ -16,7 +16,7 @@ from indexes.manifest import ChecksumError
 from rag.errors import FormatVersionError, InputError
 from rag.registry import build
 from rag.types import Chunk, Hit
-from tests.indexes.test_bm25 import DOCS, QUERIES, ROOT, make_chunks, ranked
+from tests.indexes.corpus import DOCS, QUERIES, ROOT, make_chunks, ranked
 
 TRICKY = [
     "The cells' biology of Alzheimer's disease, e.g. 1,000 vs. 2.5 mg/kg (p<0.05).",

@@ -14,23 +14,9 @@ from rag.encoders import SentenceEncoder
 from rag.errors import FormatVersionError, InputError
 from rag.registry import build
 from rag.types import Chunk
+from tests.indexes.corpus import SENTENCES, make_chunks, ranked
 
-SENTENCES = {
-    "aspirin": ("Aspirin", "Aspirin reduces the risk of blood clots by inhibiting platelets."),
-    "paris": ("France", "Paris is the capital and largest city of France."),
-    "python": ("Programming", "Python is a programming language that emphasises readability."),
-    "ocean": ("", "The Pacific is the largest and deepest ocean on Earth."),
-    "insulin": ("Diabetes", "Insulin lowers blood glucose by helping cells absorb sugar."),
-    "violin": ("Music", "A violin has four strings and is played with a bow."),
-}
 QUERIES = ["what thins the blood", "capital city of France", "deepest ocean", "how is blood sugar controlled"]
-
-
-def make_chunks(keys: list[str]) -> list[Chunk]:
-    return [
-        Chunk(id=f"{key}#0", doc_id=key, text=text, start=0, end=len(text), title=title, metadata={"k": key})
-        for key, (title, text) in ((k, SENTENCES[k]) for k in keys)
-    ]
 
 
 @pytest.fixture(scope="session")
@@ -45,10 +31,6 @@ def index(encoder: SentenceEncoder) -> DenseIndex:
     idx = DenseIndex("minilm")
     idx.add(make_chunks(list(SENTENCES)))
     return idx
-
-
-def ranked(results: list[list]) -> list[list[tuple[str, float]]]:
-    return [[(h.chunk.id, h.score) for h in hits] for hits in results]
 
 
 def test_search_finds_the_matching_chunk_with_inner_product_scores(index: DenseIndex, encoder: SentenceEncoder) -> None:

@@ -13,7 +13,7 @@ from indexes.hybrid import HybridIndex
 from rag.errors import FormatVersionError, InputError
 from rag.registry import build
 from rag.types import Chunk, Hit
-from tests.indexes.test_bm25 import DOCS, QUERIES, ROOT, make_chunks, ranked
+from tests.indexes.corpus import DOCS, QUERIES, ROOT, make_chunks, ranked
 from tests.ranking import assert_same_ranking
 
 

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from indexes.manifest import MANIFEST, read_manifest, verify_files
 from rag.errors import InputError, SpecragError
 from rag.registry import build, resolve
-from tests.indexes.test_bm25 import DOCS, make_chunks
+from tests.indexes.corpus import DOCS, make_chunks
 
 EXAMPLES = int(os.environ.get("SPECRAG_FUZZ_EXAMPLES", "60"))
 fuzz = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,

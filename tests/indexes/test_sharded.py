@@ -29,7 +29,8 @@ from indexes.sharded import (  # noqa: E402
 from rag.errors import FormatVersionError, InputError, UnknownComponentError  # noqa: E402
 from rag.registry import build, register  # noqa: E402
 from rag.types import Hit  # noqa: E402
-from tests.indexes.test_bm25 import DOCS, LUCENE_SUM_ORDER, QUERIES, make_chunks, ranked  # noqa: E402
+from tests.indexes.corpus import DOCS, QUERIES, make_chunks, ranked  # noqa: E402
+from tests.indexes.test_bm25 import LUCENE_SUM_ORDER  # noqa: E402
 from tests.ranking import assert_same_ranking  # noqa: E402
 
 

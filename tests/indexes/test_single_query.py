@@ -13,7 +13,7 @@ import pytest
 from rag.errors import InputError
 from rag.registry import build, known
 from rag.types import Hit
-from tests.indexes.test_bm25 import DOCS, make_chunks
+from tests.indexes.corpus import DOCS, make_chunks
 
 QUERY = "blood clots and platelets"
 

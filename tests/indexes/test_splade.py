@@ -18,31 +18,9 @@ from indexes.splade import SpladeEncoder, SpladeIndex, quantize
 from rag.errors import FormatVersionError, InputError
 from rag.registry import build
 from rag.types import Chunk, Hit
+from tests.indexes.corpus import DOCS, ROOT, make_chunks, ranked
 
-ROOT = Path(__file__).resolve().parents[2]
-
-DOCS = {
-    "aspirin": ("Aspirin", "Aspirin reduces the risk of blood clots by inhibiting platelets."),
-    "paris": ("France", "Paris is the capital and largest city of France."),
-    "python": ("Programming", "Python is a programming language that emphasises readability."),
-    "ocean": ("", "The Pacific is the largest and deepest ocean on Earth."),
-    "insulin": ("Diabetes", "Insulin lowers blood glucose by helping cells absorb sugar."),
-    "violin": ("Music", "A violin has four strings and is played with a bow."),
-    "clots": ("Blood clots", "Clotting of blood stops bleeding; platelets and fibrin form the clot."),
-    "glucose": ("Glucose", "Glucose is a sugar; cells burn glucose for energy."),
-}
 QUERIES = ["blood clots and platelets", "capital of France", "deepest ocean", "glucose for energy", "violin music"]
-
-
-def make_chunks(keys: list[str]) -> list[Chunk]:
-    return [
-        Chunk(id=f"{key}#0", doc_id=key, text=text, start=0, end=len(text), title=title, metadata={"k": key})
-        for key, (title, text) in ((k, DOCS[k]) for k in keys)
-    ]
-
-
-def ranked(results: list[list[Hit]]) -> list[list[tuple[str, float]]]:
-    return [[(h.chunk.id, h.score) for h in hits] for hits in results]
 
 
 @pytest.fixture(scope="module")

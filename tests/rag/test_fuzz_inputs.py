@@ -177,7 +177,7 @@ query_text = st.one_of(
 
 @pytest.fixture(scope="module")
 def indexes():
-    from tests.indexes.test_bm25 import DOCS, make_chunks
+    from tests.indexes.corpus import DOCS, make_chunks
 
     built = {}
     for spec in ("bm25s", "bm25", {"type": "dense", "params": {"model": "minilm"}}):

@@ -157,7 +157,7 @@ def test_disk_full_during_a_save_keeps_the_old_index_and_says_so(tmp_path, monke
     from rag.cli import error_line
     from rag.errors import SaveError
     from rag.registry import build
-    from tests.indexes.test_bm25 import DOCS, make_chunks
+    from tests.indexes.corpus import DOCS, make_chunks
 
     keys = list(DOCS)
     index = build("index", "bm25s")
@@ -189,7 +189,7 @@ def test_disk_full_during_a_save_keeps_the_old_index_and_says_so(tmp_path, monke
 ], ids=["bm25s", "bm25", "dense-mmap"])
 def test_a_reader_of_the_old_version_keeps_working_while_a_writer_commits(tmp_path, spec):
     from rag.registry import build
-    from tests.indexes.test_bm25 import DOCS, make_chunks
+    from tests.indexes.corpus import DOCS, make_chunks
 
     keys = list(DOCS)
     writer = build("index", spec)
