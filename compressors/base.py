@@ -28,9 +28,9 @@ from typing import Any, Sequence
 
 from rag.errors import InputError
 from rag.registry import Component
+from rag.text import Span, strip_span
 from rag.types import Chunk, Context, Hit, Passage
 
-Span = tuple[int, int]
 
 DEFAULT_RATE = 0.5
 DEFAULT_TOKENIZER = "qwen2.5-0.5b"
@@ -133,14 +133,6 @@ def token_starts(text: str, offsets: Sequence[tuple[int, int]]) -> list[int]:
 def count_in(starts: Sequence[int], a: int, b: int) -> int:
     """Tokens whose (adjusted) start lies in ``[a, b)``."""
     return bisect.bisect_left(starts, b) - bisect.bisect_left(starts, a)
-
-
-def strip(text: str, a: int, b: int) -> Span:
-    while a < b and text[a].isspace():
-        a += 1
-    while b > a and text[b - 1].isspace():
-        b -= 1
-    return a, b
 
 
 def merge_spans(text: str, spans: Sequence[Span]) -> tuple[Span, ...]:
@@ -272,7 +264,7 @@ def pieces_of(hits: Sequence[Hit]) -> list[Piece]:
     for hit in hits:
         if not isinstance(hit, Hit):
             raise InputError(f"compressor: expected Hit objects, got {type(hit).__name__}")
-        a, b = strip(hit.chunk.text, 0, len(hit.chunk.text))
+        a, b = strip_span(hit.chunk.text, 0, len(hit.chunk.text))
         if b > a:
             pieces.append(Piece(hit.chunk, hit.score, ((a, b),)))
     return pieces
@@ -300,7 +292,7 @@ def units_in(
     found, tokens = [], []
     for number, (piece, text_starts) in enumerate(zip(pieces, starts)):
         for a, b in spans_of(piece.chunk.text, piece.spans):
-            a, b = strip(piece.chunk.text, a, b)
+            a, b = strip_span(piece.chunk.text, a, b)
             if b > a:
                 found.append((number, a, b))
                 tokens.append(max(count_in(text_starts, a, b), 1))

@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from indexes.lucene import anserini_version, java_exception, java_message
-from indexes.lucene_dir import LuceneDir, field_boosts, java_list, searcher_class, text_collection_args
+from indexes.lucene_dir import LuceneDir, field_boosts, java_list, save_lucene, searcher_class, text_collection_args
 from indexes.manifest import SavedIndex, check_new_ids, read_chunks, write_chunks
 from rag.errors import InputError
 from rag.protocols import text_batch
@@ -177,8 +177,7 @@ class BM25Index(SavedIndex):
 
     def write_files(self, staging: Path) -> tuple[list[str], dict[str, Any]]:
         write_chunks(staging / CHUNKS, self._chunks.values(), self.name)
-        lucene_files = self._lucene.copy_to(staging / LUCENE) if self._lucene is not None else []
-        return [CHUNKS, *(f"{LUCENE}/{name}" for name in lucene_files)], dict(
+        return [CHUNKS, *save_lucene(self._lucene, staging, LUCENE)], dict(
             fields=self.fields,
             k1=self.k1,
             b=self.b,

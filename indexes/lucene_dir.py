@@ -267,3 +267,9 @@ def java_list(items: Iterable[str]) -> Any:
     for item in items:
         result.add(item)
     return result
+
+
+def save_lucene(lucene: "LuceneDir | None", staging: Path, name: str) -> list[str]:
+    """Copy a working directory (if any) to ``staging / name``; the manifest's names of its files."""
+    files = lucene.copy_to(staging / name) if lucene is not None else []
+    return [f"{name}/{file}" for file in files]

@@ -46,7 +46,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from indexes.lucene import anserini_version, java_exception, java_message, run_java
-from indexes.lucene_dir import LuceneDir
+from indexes.lucene_dir import LuceneDir, save_lucene
 from indexes.manifest import MANIFEST, SavedIndex, check_new_ids, read_chunks, write_chunks
 from rag.encoders import PROGRESS_THRESHOLD, warn_long_queries
 from rag.errors import InputError
@@ -383,8 +383,7 @@ class SpladeIndex(SavedIndex):
 
     def write_files(self, staging: Path) -> tuple[list[str], dict[str, Any]]:
         write_chunks(staging / CHUNKS, self._chunks.values(), self.name)
-        lucene_files = self._lucene.copy_to(staging / LUCENE) if self._lucene is not None else []
-        return [CHUNKS, *(f"{LUCENE}/{name}" for name in lucene_files)], dict(
+        return [CHUNKS, *save_lucene(self._lucene, staging, LUCENE)], dict(
             model=self.model,
             scale=self.scale,
             quantisation=QUANTISATION,
