@@ -317,8 +317,8 @@ class LlamaCppEngine(Engine):
         others = [s for s in range(SLOTS) if s != keep and s not in self._tree_slots and self._held[s]]
         if code == 1 and others:  # no free cells: evict the other slots and retry
             for slot in others:
-                    ll.llama_memory_seq_rm(self._memory, slot, -1, -1)
-                    self._held[slot] = []
+                ll.llama_memory_seq_rm(self._memory, slot, -1, -1)
+                self._held[slot] = []
             code = ll.llama_decode(self._ctx, self._batch)
         if code != 0:
             raise EngineError(f"llama.cpp: llama_decode returned {code} ({self.spec})")
@@ -480,12 +480,8 @@ class LlamaCppSession(Session):
     def keep_path(self, nodes: Sequence[int]) -> None:
         if self._tree is None:
             raise InputError("keep_path: no tree was fed since the last crop")
+        check_path(nodes, self._tree.parents)
         tree, self._tree = self._tree, None
-        try:
-            check_path(nodes, tree.parents)
-        except InputError:
-            self._tree = tree
-            raise
         kept = [self.tokens[tree.base + node] for node in nodes]
         if self.engine._owner[tree.slot] is self:
             self.engine.keep_tree_path(tree, nodes, kept)
