@@ -82,6 +82,30 @@ def test_speculative_decoding_under_cad_reproduces_cad_greedy(name):
     check_same_or_near_tie(_Contrasted(), with_passages, plain, tree)
 
 
+def test_sampling_under_cad_draws_each_token_from_the_contrasted_distribution():
+    """Seeded sampling on a contrast session replays exactly as the same seeded draws from the mix of two
+    independent sessions' logits (the paper's distribution at temperature T)."""
+    lm = load_engine("smollm2-135m", "transformers:float32")
+    with_passages, without = prompts(lm)
+    session = ContrastSession(lm.new_session(), lm.new_session(), without, alpha=1.0)
+    sampled = list(decode(lm, with_passages, max_new_tokens=12, temperature=1.5, seed=7, session=session))
+    generator = torch.Generator().manual_seed(7)
+    a, b = lm.new_session(), lm.new_session()
+    with_logits, without_logits = a.prefill(with_passages), b.prefill(without)
+    expected = []
+    for _ in range(12):
+        mixed = (1 + 1.0) * with_logits.float() - 1.0 * without_logits.float()
+        token = int(torch.multinomial(torch.softmax(mixed / 1.5, dim=-1), 1, generator=generator))
+        if token in lm.eos_token_ids:
+            break
+        expected.append(token)
+        with_logits, without_logits = a.feed([token]), b.feed([token])
+    assert sampled == expected and len(sampled) > 3
+    greedy = list(decode(lm, with_passages, max_new_tokens=12,
+                         session=ContrastSession(lm.new_session(), lm.new_session(), without, alpha=1.0)))
+    assert sampled != greedy  # it did sample
+
+
 def test_generator_option_records_alpha_and_the_extra_prefill():
     generator = GroundedGenerator(model="smollm2-135m", engine="transformers:float32", max_new_tokens=16,
                                   context_aware=0.5)
