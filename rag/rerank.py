@@ -24,11 +24,12 @@ and the chunk.
 from __future__ import annotations
 
 import math
+from dataclasses import field
 from typing import Any, Sequence
 
 from rag.errors import InputError
 from rag.protocols import text_batch
-from rag.registry import Component
+from rag.registry import Component, declared_params
 from rag.types import Hit
 
 IDENTIFIERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -98,21 +99,22 @@ def passage_text(hit: Hit) -> str:
 # -- cross-encoder -------------------------------------------------------------------------------------
 
 
+@declared_params
 class CrossEncoderReranker(BaseReranker):
     """A sentence-transformers ``CrossEncoder`` (``model``: local folder or hub id) scores (query, passage).
 
     No cross-encoder weights ship offline with specrag; the LLM rerankers are the offline choice.
     """
 
-    def __init__(self, model: str = "cross-encoder/ms-marco-MiniLM-L6-v2", batch_size: int = 32,
-                 max_length: int = 512, name: str = "cross-encoder") -> None:
-        if batch_size < 1:
-            raise InputError(f"cross-encoder reranker: batch_size must be at least 1, got {batch_size}")
-        self.model = model
-        self.batch_size = batch_size
-        self.max_length = max_length
-        self.name = name
-        self._model: Any = None
+    model: str = "cross-encoder/ms-marco-MiniLM-L6-v2"
+    batch_size: int = 32
+    max_length: int = 512
+    name: str = "cross-encoder"
+    _model: Any = field(default=None, init=False)  # loaded on first use
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise InputError(f"cross-encoder reranker: batch_size must be at least 1, got {self.batch_size}")
 
     def warm_up(self) -> None:
         if self._model is None:
@@ -176,6 +178,7 @@ POINTWISE_SYSTEM = "You judge whether a passage is relevant to a search query. A
 POINTWISE_USER = "Query: {query}\n\nPassage: {passage}\n\nIs the passage relevant to the query? Answer Yes or No."
 
 
+@declared_params
 class LLMPointwiseReranker(_LLMReranker):
     """Relevance = ``logit("Yes") - logit("No")`` after a judging prompt, ``batch_size`` candidates per pass.
 
@@ -184,19 +187,20 @@ class LLMPointwiseReranker(_LLMReranker):
     ``max_passage_tokens`` tokens.
     """
 
-    def __init__(self, model: str = "qwen2.5-0.5b", batch_size: int = 8, max_passage_tokens: int = 128,
-                 name: str = "llm-pointwise", engine: str = "auto") -> None:
-        if batch_size < 1 or max_passage_tokens < 1:
+    model: str = "qwen2.5-0.5b"
+    batch_size: int = 8
+    max_passage_tokens: int = 128
+    name: str = "llm-pointwise"
+    engine: str = "auto"
+    forward_calls: int = field(default=0, init=False)  # batched passes run so far
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.max_passage_tokens < 1:
             raise InputError(f"llm-pointwise reranker: batch_size and max_passage_tokens must be at least 1, "
-                             f"got {batch_size} and {max_passage_tokens}")
+                             f"got {self.batch_size} and {self.max_passage_tokens}")
         from rag.generation.engine import canonical_engine
 
-        self.model = model
-        self.engine = canonical_engine(engine)
-        self.batch_size = batch_size
-        self.max_passage_tokens = max_passage_tokens
-        self.name = name
-        self.forward_calls = 0
+        self.engine = canonical_engine(self.engine)
 
     def prompt_ids(self, query: str, hit: Hit) -> list[int]:
         user = POINTWISE_USER.format(query=query, passage=self.truncate(passage_text(hit)))
@@ -225,6 +229,7 @@ FIRST_USER_TAIL = ("\nQuery: {query}\nRank the {n} passages above by relevance t
                    "first. Answer only with the identifiers in order, for example: {example}.")
 
 
+@declared_params
 class FirstReranker(_LLMReranker):
     """Listwise single-token reranking (FIRST): one forward pass ranks a window of up to ``window`` hits.
 
@@ -235,23 +240,25 @@ class FirstReranker(_LLMReranker):
     runs the model, as for :class:`LLMPointwiseReranker`.
     """
 
-    def __init__(self, model: str = "qwen2.5-0.5b", window: int = 20, stride: int = 10,
-                 max_passage_tokens: int = 100, name: str = "first", engine: str = "auto") -> None:
+    model: str = "qwen2.5-0.5b"
+    window: int = 20
+    stride: int = 10
+    max_passage_tokens: int = 100
+    name: str = "first"
+    engine: str = "auto"
+    forward_calls: int = field(default=0, init=False)  # passes run so far (one per window)
+
+    def __post_init__(self) -> None:
+        window, stride = self.window, self.stride
         if not 2 <= window <= len(IDENTIFIERS):
             raise InputError(f"first reranker: window must be between 2 and {len(IDENTIFIERS)}, got {window}")
         if not 1 <= stride <= window:
             raise InputError(f"first reranker: stride must be between 1 and the window ({window}), got {stride}")
-        if max_passage_tokens < 1:
-            raise InputError(f"first reranker: max_passage_tokens must be at least 1, got {max_passage_tokens}")
+        if self.max_passage_tokens < 1:
+            raise InputError(f"first reranker: max_passage_tokens must be at least 1, got {self.max_passage_tokens}")
         from rag.generation.engine import canonical_engine
 
-        self.model = model
-        self.engine = canonical_engine(engine)
-        self.window = window
-        self.stride = stride
-        self.max_passage_tokens = max_passage_tokens
-        self.name = name
-        self.forward_calls = 0
+        self.engine = canonical_engine(self.engine)
 
     def windows(self, n: int) -> list[tuple[int, int]]:
         """The ``[start, end)`` spans ranked, in order: from the bottom of the list up."""
