@@ -14,23 +14,25 @@ from typing import Sequence
 
 from chunkers.text import SpanChunker, check_sizes
 from rag.errors import InputError
+from rag.registry import declared_params
 from rag.text import Span, count_tokens, sentence_units
 
 
+@declared_params
 class TokenChunker(SpanChunker):
     """Consecutive windows of ``max_tokens`` tokens; each window repeats the last ``overlap_tokens`` of
     the previous one. Cuts fall between tokens, wherever they are (inside a word for sub-word tokenizers):
     this is the fixed-size baseline, blind to the text's structure."""
 
-    def __init__(self, max_tokens: int = 200, overlap_tokens: int = 0, tokenizer: str = "minilm") -> None:
-        check_sizes("fixed", max_tokens)
-        if not 0 <= overlap_tokens < max_tokens:
-            raise InputError(
-                f"fixed chunker: overlap_tokens must be in [0, max_tokens), got {overlap_tokens} with max_tokens={max_tokens}"
-            )
-        self.max_tokens = max_tokens
-        self.overlap_tokens = overlap_tokens
-        self.tokenizer = tokenizer
+    max_tokens: int = 200
+    overlap_tokens: int = 0
+    tokenizer: str = "minilm"
+
+    def __post_init__(self) -> None:
+        check_sizes("fixed", self.max_tokens)
+        if not 0 <= self.overlap_tokens < self.max_tokens:
+            raise InputError(f"fixed chunker: overlap_tokens must be in [0, max_tokens), got {self.overlap_tokens} "
+                             f"with max_tokens={self.max_tokens}")
 
     def _spans_many(self, texts: list[str], starts: list[Sequence[int]]) -> list[list[Span]]:
         return [self._spans(text, s) for text, s in zip(texts, starts)]
@@ -51,6 +53,7 @@ class TokenChunker(SpanChunker):
         return spans
 
 
+@declared_params
 class SentenceChunker(SpanChunker):
     """Whole sentences packed greedily up to ``max_tokens``; the next chunk starts with the last
     ``overlap_sentences`` sentences of the previous one (fewer when they would not fit with a new one).
@@ -59,13 +62,14 @@ class SentenceChunker(SpanChunker):
     text without punctuation, such as code) is cut at line breaks, then words, then tokens.
     """
 
-    def __init__(self, max_tokens: int = 200, overlap_sentences: int = 0, tokenizer: str = "minilm") -> None:
-        check_sizes("sentence", max_tokens)
-        if overlap_sentences < 0:
-            raise InputError(f"sentence chunker: overlap_sentences must be at least 0, got {overlap_sentences}")
-        self.max_tokens = max_tokens
-        self.overlap_sentences = overlap_sentences
-        self.tokenizer = tokenizer
+    max_tokens: int = 200
+    overlap_sentences: int = 0
+    tokenizer: str = "minilm"
+
+    def __post_init__(self) -> None:
+        check_sizes("sentence", self.max_tokens)
+        if self.overlap_sentences < 0:
+            raise InputError(f"sentence chunker: overlap_sentences must be at least 0, got {self.overlap_sentences}")
 
     def _spans_many(self, texts: list[str], starts: list[Sequence[int]]) -> list[list[Span]]:
         return [self._spans(text, s) for text, s in zip(texts, starts)]

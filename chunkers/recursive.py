@@ -12,6 +12,7 @@ from typing import Iterable, Sequence
 from chunkers.text import chunk_id
 from rag.errors import InputError
 from rag.protocols import BaseChunker
+from rag.registry import declared_params
 from rag.text import (
     PARAGRAPH_BREAK,
     SENTENCE_BREAK,
@@ -31,17 +32,16 @@ __all__ = [
 ]
 
 
+@declared_params
 class DocumentChunker(BaseChunker):
     """One chunk per document, the whole text. For evaluation on corpora of passage-sized documents."""
-
-    def __init__(self) -> None:
-        pass
 
     def chunk(self, doc: Document) -> list[Chunk]:
         # like every chunker, nothing from a document without text (it was a chunk of whitespace)
         return [Chunk.whole(doc, chunk_id(doc.id, 0))] if doc.text.strip() else []
 
 
+@declared_params
 class RecursiveChunker(BaseChunker):
     """Split at paragraph breaks, then sentence ends, then whitespace, then tokens, to at most ``max_tokens``.
 
@@ -53,16 +53,16 @@ class RecursiveChunker(BaseChunker):
         >>> chunks = chunker.chunk(Document(text=long_text, id="doc1"))    # doctest: +SKIP
     """
 
-    def __init__(self, max_tokens: int = 200, overlap_tokens: int = 0, tokenizer: str = "minilm") -> None:
-        if max_tokens < 1:
-            raise InputError(f"recursive chunker: max_tokens must be at least 1, got {max_tokens}")
-        if not 0 <= overlap_tokens < max_tokens:
-            raise InputError(
-                f"recursive chunker: overlap_tokens must be in [0, max_tokens), got {overlap_tokens} with max_tokens={max_tokens}"
-            )
-        self.max_tokens = max_tokens
-        self.overlap_tokens = overlap_tokens
-        self.tokenizer = tokenizer
+    max_tokens: int = 200
+    overlap_tokens: int = 0
+    tokenizer: str = "minilm"
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise InputError(f"recursive chunker: max_tokens must be at least 1, got {self.max_tokens}")
+        if not 0 <= self.overlap_tokens < self.max_tokens:
+            raise InputError(f"recursive chunker: overlap_tokens must be in [0, max_tokens), got {self.overlap_tokens} "
+                             f"with max_tokens={self.max_tokens}")
 
     def token_starts(self, text: str) -> Sequence[int]:
         """Character offsets where each token of ``text`` starts (special tokens excluded)."""
