@@ -40,7 +40,7 @@ fixed rate at the same mean compression.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import field, replace
 from typing import Any, Mapping, Sequence
 
 from compressors.base import (
@@ -56,67 +56,54 @@ from compressors.base import (
     units_in,
 )
 from rag.errors import InputError
+from rag.registry import declared_params
 
 SCORERS = ("dense", "cross-encoder", "reranker")
 
 
+@declared_params
 class ExtractiveCompressor(BaseCompressor):
     """Keep the query's best sentences within the budget, in source order (see the module docstring)."""
 
-    def __init__(
-        self,
-        rate: float | None = None,
-        target_tokens: int | None = None,
-        scorer: str = "dense",
-        model: str = "minilm",
-        reranker: "str | Mapping[str, Any] | None" = None,
-        min_score: float | None = None,
-        neighbours: int = 0,
-        max_sentence_tokens: int = 64,
-        tokenizer: str = DEFAULT_TOKENIZER,
-        lexical_weight: float = 1.0,
-        dtype: str = "float32",
-        per_passage: int = 0,
-        mass: float | None = None,
-        temperature: float = 0.15,
-        min_rate: float = 0.0,
-    ) -> None:
+    rate: float | None = None
+    target_tokens: int | None = None
+    scorer: str = "dense"
+    model: str = "minilm"
+    reranker: "str | Mapping[str, Any] | None" = None
+    min_score: float | None = None
+    neighbours: int = 0
+    max_sentence_tokens: int = 64
+    tokenizer: str = DEFAULT_TOKENIZER
+    lexical_weight: float = 1.0
+    dtype: str = "float32"
+    per_passage: int = 0
+    mass: float | None = None
+    temperature: float = 0.15
+    min_rate: float = 0.0
+    # the last (query, texts) scored and their scores: the same hits at several budgets score once
+    _last: Any = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
         from rag.encoders import check_dtype
 
-        check_budget_params("extractive", rate, target_tokens)
-        check_dtype(model, dtype)
-        if scorer not in SCORERS:
-            raise InputError(f"extractive compressor: unknown scorer {scorer!r}; known: {', '.join(SCORERS)}")
-        if scorer == "reranker" and reranker is None:
+        check_budget_params("extractive", self.rate, self.target_tokens)
+        check_dtype(self.model, self.dtype)
+        if self.scorer not in SCORERS:
+            raise InputError(f"extractive compressor: unknown scorer {self.scorer!r}; known: {', '.join(SCORERS)}")
+        if self.scorer == "reranker" and self.reranker is None:
             raise InputError("extractive compressor: scorer 'reranker' needs reranker=<registered reranker name or spec>")
-        if not lexical_weight >= 0:  # also refuses NaN
-            raise InputError(f"extractive compressor: lexical_weight must be >= 0, got {lexical_weight}")
-        if neighbours < 0 or per_passage < 0 or max_sentence_tokens < 1:
+        if not self.lexical_weight >= 0:  # also refuses NaN
+            raise InputError(f"extractive compressor: lexical_weight must be >= 0, got {self.lexical_weight}")
+        if self.neighbours < 0 or self.per_passage < 0 or self.max_sentence_tokens < 1:
             raise InputError(
                 f"extractive compressor: neighbours and per_passage must be >= 0 and max_sentence_tokens >= 1, "
-                f"got {neighbours}, {per_passage} and {max_sentence_tokens}"
+                f"got {self.neighbours}, {self.per_passage} and {self.max_sentence_tokens}"
             )
-        self.rate = rate
-        self.target_tokens = target_tokens
-        self.scorer = scorer
-        self.model = model
-        self.reranker = reranker
-        self.min_score = min_score
-        self.neighbours = neighbours
-        self.max_sentence_tokens = max_sentence_tokens
-        self.tokenizer = tokenizer
-        self.lexical_weight = lexical_weight
-        self.dtype = dtype
-        if mass is not None and not 0 < mass <= 1:
-            raise InputError(f"extractive compressor: mass is a share of the score weight in (0, 1], got {mass}")
-        if not temperature > 0 or not 0 <= min_rate <= 1:
-            raise InputError(
-                f"extractive compressor: need temperature > 0 and 0 <= min_rate <= 1, got {temperature} and {min_rate}"
-            )
-        self.per_passage = per_passage
-        self.mass = mass
-        self.temperature = temperature
-        self.min_rate = min_rate
+        if self.mass is not None and not 0 < self.mass <= 1:
+            raise InputError(f"extractive compressor: mass is a share of the score weight in (0, 1], got {self.mass}")
+        if not self.temperature > 0 or not 0 <= self.min_rate <= 1:
+            raise InputError(f"extractive compressor: need temperature > 0 and 0 <= min_rate <= 1, got "
+                             f"{self.temperature} and {self.min_rate}")
 
     def sentences(self, pieces: Sequence[Piece], counter: TokenCounter) -> tuple[list[tuple[int, int, int]], list[int]]:
         """``(piece, start, end)`` of every sentence in the pieces' spans, and its length in tokens."""
@@ -139,7 +126,7 @@ class ExtractiveCompressor(BaseCompressor):
         if not texts:
             return []
         key = (query, tuple(texts))
-        if self.__dict__.get("_last", (None,))[0] != key:  # the same hits at several budgets score once
+        if self._last is None or self._last[0] != key:
             self._last = (key, self._score(query, texts))
         return list(self._last[1])
 
