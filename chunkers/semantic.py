@@ -13,12 +13,14 @@ and merges groups below ``min_tokens`` into a neighbour across the closer gap.
 
 from __future__ import annotations
 
+from dataclasses import field
 from typing import Any, Sequence
 
 import numpy as np
 
 from chunkers.text import SpanChunker, check_sizes, segment
 from rag.errors import InputError
+from rag.registry import declared_params
 from rag.text import Span, sentence_units
 
 # Defaults per rule, as in LangChain's SemanticChunker, so results are comparable with it.
@@ -58,6 +60,7 @@ def window_distances(embeddings: np.ndarray, window: int) -> np.ndarray:
     return distances
 
 
+@declared_params
 class SemanticChunker(SpanChunker):
     """Breakpoints where neighbouring sentence windows' embeddings diverge, inside ``[min_tokens, max_tokens]``.
 
@@ -68,42 +71,32 @@ class SemanticChunker(SpanChunker):
     (``float32`` or ``bfloat16``, see :class:`rag.encoders.SentenceEncoder`).
     """
 
-    def __init__(
-        self,
-        model: str = "minilm",
-        threshold_type: str = "percentile",
-        threshold_amount: float | None = None,
-        window: int = 1,
-        min_tokens: int = 32,
-        max_tokens: int = 200,
-        tokenizer: str = "minilm",
-        batch_size: int = 64,
-        dtype: str = "float32",
-    ) -> None:
+    model: str = "minilm"
+    threshold_type: str = "percentile"
+    threshold_amount: float | None = None
+    window: int = 1
+    min_tokens: int = 32
+    max_tokens: int = 200
+    tokenizer: str = "minilm"
+    batch_size: int = 64
+    dtype: str = "float32"
+    _encoder: Any = field(default=None, init=False)  # loaded on first use
+
+    def __post_init__(self) -> None:
         from rag.encoders import check_dtype
 
-        check_dtype(model, dtype)
-        if threshold_type not in THRESHOLD_DEFAULTS:
-            raise InputError(
-                f"semantic chunker: threshold_type must be one of {sorted(THRESHOLD_DEFAULTS)}, got {threshold_type!r}"
-            )
-        if threshold_type == "percentile" and threshold_amount is not None and not 0 <= threshold_amount <= 100:
-            raise InputError(f"semantic chunker: a percentile threshold_amount must be in [0, 100], got {threshold_amount}")
-        if window < 1:
-            raise InputError(f"semantic chunker: window must be at least 1 sentence, got {window}")
-        if batch_size < 1:
-            raise InputError(f"semantic chunker: batch_size must be at least 1, got {batch_size}")
-        check_sizes("semantic", max_tokens, min_tokens=min_tokens)
-        self.model = model
-        self.threshold_type = threshold_type
-        self.threshold_amount = threshold_amount
-        self.window = window
-        self.min_tokens = min_tokens
-        self.max_tokens = max_tokens
-        self.tokenizer = tokenizer
-        self.batch_size = batch_size
-        self.dtype = dtype
-        self._encoder: Any = None
+        check_dtype(self.model, self.dtype)
+        if self.threshold_type not in THRESHOLD_DEFAULTS:
+            raise InputError(f"semantic chunker: threshold_type must be one of {sorted(THRESHOLD_DEFAULTS)}, "
+                             f"got {self.threshold_type!r}")
+        amount = self.threshold_amount
+        if self.threshold_type == "percentile" and amount is not None and not 0 <= amount <= 100:
+            raise InputError(f"semantic chunker: a percentile threshold_amount must be in [0, 100], got {amount}")
+        if self.window < 1:
+            raise InputError(f"semantic chunker: window must be at least 1 sentence, got {self.window}")
+        if self.batch_size < 1:
+            raise InputError(f"semantic chunker: batch_size must be at least 1, got {self.batch_size}")
+        check_sizes("semantic", self.max_tokens, min_tokens=self.min_tokens)
 
     @property
     def encoder(self) -> Any:
