@@ -40,6 +40,7 @@ import numpy as np
 from chunkers.text import SpanChunker, check_sizes, segment
 from rag.errors import InputError
 from rag.generation.engine import engine_param
+from rag.registry import declared_params
 from rag.text import Span, sentence_units
 
 # The question a small model answered best among those tried (on SQuAD paragraph pairs, SmolLM2-135M
@@ -113,6 +114,7 @@ class _LMChunker(SpanChunker):
         return load_engine(self.model, self.engine, workload="prompt")
 
 
+@declared_params
 class PerplexityChunker(_LMChunker):
     """Meta-Chunking PPL: cut after sentences at local minima of the per-sentence log-perplexity.
 
@@ -125,34 +127,26 @@ class PerplexityChunker(_LMChunker):
     (:data:`rag.generation.engine.ENGINE_NAMES`; ``dtype`` is its deprecated spelling of earlier rounds).
     """
 
-    def __init__(
-        self,
-        model: str = "smollm2-135m",
-        threshold: float = 0.0,
-        max_tokens: int = 200,
-        target_tokens: int | None = None,
-        tokenizer: str = "minilm",
-        window_tokens: int = 512,
-        context_tokens: int = 512,
-        engine: str = "transformers:float32",
-        dtype: str | None = None,
-    ) -> None:
-        _check_lm("perplexity", max_tokens, target_tokens)
-        if threshold < 0:
-            raise InputError(f"perplexity chunker: threshold must be at least 0, got {threshold}")
-        if window_tokens < 1 or context_tokens < 0:
+    model: str = "smollm2-135m"
+    threshold: float = 0.0
+    max_tokens: int = 200
+    target_tokens: int | None = None
+    tokenizer: str = "minilm"
+    window_tokens: int = 512
+    context_tokens: int = 512
+    engine: str = "transformers:float32"
+    dtype: str | None = None  # deprecated spelling of ``engine``: mapped onto it, then None
+
+    def __post_init__(self) -> None:
+        _check_lm("perplexity", self.max_tokens, self.target_tokens)
+        if self.threshold < 0:
+            raise InputError(f"perplexity chunker: threshold must be at least 0, got {self.threshold}")
+        if self.window_tokens < 1 or self.context_tokens < 0:
             raise InputError(
                 f"perplexity chunker: window_tokens must be at least 1 and context_tokens at least 0, "
-                f"got {window_tokens} and {context_tokens}"
+                f"got {self.window_tokens} and {self.context_tokens}"
             )
-        self.model = model
-        self.threshold = threshold
-        self.max_tokens = max_tokens
-        self.target_tokens = target_tokens
-        self.tokenizer = tokenizer
-        self.window_tokens = window_tokens
-        self.context_tokens = context_tokens
-        self.engine = engine_param("perplexity chunker", engine, dtype)
+        self.engine = engine_param("perplexity chunker", self.engine, self.dtype)
         self.dtype = None
 
     def sentence_nll(self, text: str, units: Sequence[Span]) -> np.ndarray:
@@ -201,6 +195,7 @@ def _fill_gaps(values: np.ndarray) -> np.ndarray:
     return values[finite[np.maximum(index, 0)]]
 
 
+@declared_params
 class MarginChunker(_LMChunker):
     """Meta-Chunking MSP: the LM decides at each gap, by the margin between its two answers' probabilities.
 
@@ -213,36 +208,27 @@ class MarginChunker(_LMChunker):
     ``engine`` runs the LM, as for :class:`PerplexityChunker`.
     """
 
-    def __init__(
-        self,
-        model: str = "smollm2-135m",
-        threshold: float | None = None,
-        max_tokens: int = 200,
-        target_tokens: int | None = None,
-        tokenizer: str = "minilm",
-        context_tokens: int = 64,
-        sentence_tokens: int = 64,
-        batch_size: int = 16,
-        engine: str = "transformers:float32",
-        dtype: str | None = None,
-    ) -> None:
-        _check_lm("margin", max_tokens, target_tokens)
-        if threshold is not None and not -1 <= threshold <= 1:
-            raise InputError(f"margin chunker: threshold must be in [-1, 1] or None, got {threshold}")
-        if context_tokens < 1 or sentence_tokens < 1 or batch_size < 1:
+    model: str = "smollm2-135m"
+    threshold: float | None = None
+    max_tokens: int = 200
+    target_tokens: int | None = None
+    tokenizer: str = "minilm"
+    context_tokens: int = 64
+    sentence_tokens: int = 64
+    batch_size: int = 16
+    engine: str = "transformers:float32"
+    dtype: str | None = None  # deprecated spelling of ``engine``: mapped onto it, then None
+
+    def __post_init__(self) -> None:
+        _check_lm("margin", self.max_tokens, self.target_tokens)
+        if self.threshold is not None and not -1 <= self.threshold <= 1:
+            raise InputError(f"margin chunker: threshold must be in [-1, 1] or None, got {self.threshold}")
+        if self.context_tokens < 1 or self.sentence_tokens < 1 or self.batch_size < 1:
             raise InputError(
                 f"margin chunker: context_tokens, sentence_tokens and batch_size must be at least 1, "
-                f"got {context_tokens}, {sentence_tokens}, {batch_size}"
+                f"got {self.context_tokens}, {self.sentence_tokens}, {self.batch_size}"
             )
-        self.model = model
-        self.threshold = threshold
-        self.max_tokens = max_tokens
-        self.target_tokens = target_tokens
-        self.tokenizer = tokenizer
-        self.context_tokens = context_tokens
-        self.sentence_tokens = sentence_tokens
-        self.batch_size = batch_size
-        self.engine = engine_param("margin chunker", engine, dtype)
+        self.engine = engine_param("margin chunker", self.engine, self.dtype)
         self.dtype = None
 
     def _answer_ids(self) -> tuple[int, int]:
