@@ -12,36 +12,34 @@ steps' own ``rate``/``target_tokens`` are ignored; the composed budget rules, co
 from __future__ import annotations
 
 import math
+from dataclasses import field
 from typing import Any, Mapping, Sequence
 
 from compressors.base import DEFAULT_TOKENIZER, BaseCompressor, Piece, TokenCounter, check_budget_params
 from rag.errors import InputError
+from rag.registry import declared_params
 
 DEFAULT_STEPS: tuple[str, ...] = ("extractive", "surprisal")
 
 
+@declared_params
 class ComposeCompressor(BaseCompressor):
     """Run ``steps`` (registered compressor names or specs) one after another as one compressor."""
 
-    def __init__(
-        self,
-        steps: "Sequence[str | Mapping[str, Any]]" = DEFAULT_STEPS,
-        rate: float | None = None,
-        target_tokens: int | None = None,
-        coarse_factor: float = 1.5,
-        tokenizer: str = DEFAULT_TOKENIZER,
-    ) -> None:
-        check_budget_params("compose", rate, target_tokens)
-        if not steps:
+    steps: "Sequence[str | Mapping[str, Any]]" = DEFAULT_STEPS
+    rate: float | None = None
+    target_tokens: int | None = None
+    coarse_factor: float = 1.5
+    tokenizer: str = DEFAULT_TOKENIZER
+    _built: "list[BaseCompressor] | None" = field(default=None, init=False)  # the steps, built on first use
+
+    def __post_init__(self) -> None:
+        check_budget_params("compose", self.rate, self.target_tokens)
+        if not self.steps:
             raise InputError("compose compressor: steps must name at least one compressor")
-        if coarse_factor < 1:
-            raise InputError(f"compose compressor: coarse_factor must be at least 1, got {coarse_factor}")
-        self.steps = [s if isinstance(s, str) else dict(s) for s in steps]
-        self.rate = rate
-        self.target_tokens = target_tokens
-        self.coarse_factor = coarse_factor
-        self.tokenizer = tokenizer
-        self._built: list[BaseCompressor] | None = None
+        if self.coarse_factor < 1:
+            raise InputError(f"compose compressor: coarse_factor must be at least 1, got {self.coarse_factor}")
+        self.steps = [s if isinstance(s, str) else dict(s) for s in self.steps]
 
     def components(self) -> list[BaseCompressor]:
         if self._built is None:

@@ -41,6 +41,7 @@ from compressors.base import (
 )
 from rag.errors import InputError
 from rag.generation.engine import engine_param
+from rag.registry import declared_params
 
 
 def _check_windows(name: str, window_tokens: int, batch_size: int) -> None:
@@ -113,6 +114,7 @@ def token_starts_with_index(text: str, offsets: Sequence[tuple[int, int]]) -> tu
     return np.array([i for _, i in pairs], dtype=np.int64), [s for s, _ in pairs]
 
 
+@declared_params
 class SurprisalCompressor(_Pruner):
     """Keep the words a small LM finds most surprising given the question (see the module docstring).
 
@@ -126,38 +128,28 @@ class SurprisalCompressor(_Pruner):
     (faster on a CPU, approximate scores; opt-in).
     """
 
-    def __init__(
-        self,
-        rate: float | None = None,
-        target_tokens: int | None = None,
-        model: str = "smollm2-135m",
-        question_aware: bool = True,
-        window_tokens: int = 512,
-        context_tokens: int = 32,
-        batch_size: int = 8,
-        engine: str = "transformers:float32",
-        quantize: str | None = None,
-        tokenizer: str = DEFAULT_TOKENIZER,
-        dtype: str | None = None,
-    ) -> None:
-        check_budget_params("surprisal", rate, target_tokens)
-        _check_windows("surprisal", window_tokens, batch_size)
-        if context_tokens < 0:
-            raise InputError(f"surprisal compressor: context_tokens must be at least 0, got {context_tokens}")
-        self.rate = rate
-        self.target_tokens = target_tokens
-        self.model = model
-        self.question_aware = question_aware
-        self.window_tokens = window_tokens
-        self.context_tokens = context_tokens
-        self.batch_size = batch_size
-        self.engine = engine_param("surprisal compressor", engine, dtype)
-        if quantize is not None and self.engine == "llama.cpp":
-            raise InputError(f"surprisal compressor: quantize={quantize!r} applies to the transformers engines "
+    rate: float | None = None
+    target_tokens: int | None = None
+    model: str = "smollm2-135m"
+    question_aware: bool = True
+    window_tokens: int = 512
+    context_tokens: int = 32
+    batch_size: int = 8
+    engine: str = "transformers:float32"
+    quantize: str | None = None
+    tokenizer: str = DEFAULT_TOKENIZER
+    dtype: str | None = None  # deprecated spelling of ``engine``: mapped onto it, then None
+
+    def __post_init__(self) -> None:
+        check_budget_params("surprisal", self.rate, self.target_tokens)
+        _check_windows("surprisal", self.window_tokens, self.batch_size)
+        if self.context_tokens < 0:
+            raise InputError(f"surprisal compressor: context_tokens must be at least 0, got {self.context_tokens}")
+        self.engine = engine_param("surprisal compressor", self.engine, self.dtype)
+        if self.quantize is not None and self.engine == "llama.cpp":
+            raise InputError(f"surprisal compressor: quantize={self.quantize!r} applies to the transformers engines "
                              f"only, not {self.engine!r}")
         self.dtype = None
-        self.quantize = quantize
-        self.tokenizer = tokenizer
 
     def word_score(self, values: np.ndarray) -> float:
         return float(values.sum())  # self-information adds up over a word's tokens
@@ -212,6 +204,7 @@ class SurprisalCompressor(_Pruner):
         return [list(map(tuple, o)) for o in encoded["offset_mapping"]], scores
 
 
+@declared_params
 class ClassifierCompressor(_Pruner):
     """Keep the words a token classifier (LLMLingua-2 layout) most wants to keep.
 
@@ -220,27 +213,19 @@ class ClassifierCompressor(_Pruner):
     (at most the model's position limit, special tokens included).
     """
 
-    def __init__(
-        self,
-        model: str,
-        rate: float | None = None,
-        target_tokens: int | None = None,
-        keep_label: int = 1,
-        window_tokens: int = 510,
-        batch_size: int = 8,
-        tokenizer: str = DEFAULT_TOKENIZER,
-    ) -> None:
-        check_budget_params("classifier", rate, target_tokens)
-        _check_windows("classifier", window_tokens, batch_size)
-        if keep_label < 0:
-            raise InputError(f"classifier compressor: keep_label must be at least 0, got {keep_label}")
-        self.model = model
-        self.rate = rate
-        self.target_tokens = target_tokens
-        self.keep_label = keep_label
-        self.window_tokens = window_tokens
-        self.batch_size = batch_size
-        self.tokenizer = tokenizer
+    model: str
+    rate: float | None = None
+    target_tokens: int | None = None
+    keep_label: int = 1
+    window_tokens: int = 510
+    batch_size: int = 8
+    tokenizer: str = DEFAULT_TOKENIZER
+
+    def __post_init__(self) -> None:
+        check_budget_params("classifier", self.rate, self.target_tokens)
+        _check_windows("classifier", self.window_tokens, self.batch_size)
+        if self.keep_label < 0:
+            raise InputError(f"classifier compressor: keep_label must be at least 0, got {self.keep_label}")
 
     def word_score(self, values: np.ndarray) -> float:
         return float(values.mean())

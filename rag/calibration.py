@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -32,6 +33,7 @@ import numpy as np
 from rag.errors import FormatVersionError, InputError
 from rag.lazy import require
 from rag.protocols import BaseFilter
+from rag.registry import declared_params
 from rag.rerank import check_hits
 from rag.types import Hit
 
@@ -225,6 +227,7 @@ def _comparable(config: Mapping[str, Any]) -> dict[str, Any]:
     return {"type": config.get("type"), "params": params}
 
 
+@declared_params
 class CalibratedFilter(BaseFilter):
     """Keep hits whose calibrated relevance reaches the fitted threshold (or ``threshold`` if given).
 
@@ -233,14 +236,16 @@ class CalibratedFilter(BaseFilter):
     full index config). Only the first ``depth`` hits (as fitted) can be kept.
     """
 
-    def __init__(self, path: str = "", threshold: float | None = None) -> None:
-        if not path:
+    path: str = ""
+    threshold: float | None = None
+    _params: "dict[str, Any] | None" = field(default=None, init=False)  # the fitted file, read on first use
+
+    def __post_init__(self) -> None:
+        if not self.path:
             raise InputError("calibrated filter: give path=FILE, a file written by `specrag fit-filter`")
-        if threshold is not None and not 0 <= threshold <= 1:
-            raise InputError(f"calibrated filter: threshold is a probability in [0, 1], got {threshold}")
-        self.path = str(path)
-        self.threshold = threshold
-        self._params: dict[str, Any] | None = None
+        if self.threshold is not None and not 0 <= self.threshold <= 1:
+            raise InputError(f"calibrated filter: threshold is a probability in [0, 1], got {self.threshold}")
+        self.path = str(self.path)
 
     @property
     def fitted(self) -> dict[str, Any]:
