@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -52,6 +53,7 @@ from rag.analysis import stemmer_for, tokenize
 from rag.errors import InputError
 from rag.lazy import require
 from rag.protocols import text_batch
+from rag.registry import declared_params
 from rag.types import Chunk, Hit
 
 FORMAT_VERSION = 1
@@ -64,6 +66,7 @@ METHODS = ("lucene", "robertson", "atire", "bm25l", "bm25+")
 # -- the index -----------------------------------------------------------------------------------------
 
 
+@declared_params
 class BM25sIndex(SavedIndex):
     """BM25 with ``bm25s``; see the module doc. Cheap to construct; bm25s is imported on first use.
 
@@ -79,47 +82,40 @@ class BM25sIndex(SavedIndex):
     # bm25s bakes these into its score matrix
     saved_params = ("k1", "b", "method", "stemmer", "stopwords", "include_title", "lucene_lengths")
 
-    def __init__(
-        self,
-        k1: float = 0.9,
-        b: float = 0.4,
-        method: str = "lucene",
-        stemmer: str = "lucene-porter",
-        stopwords: str = "lucene",
-        include_title: bool = True,
-        lucene_lengths: bool = True,
-        name: str = "bm25s",
-    ) -> None:
+    k1: float = 0.9
+    b: float = 0.4
+    method: str = "lucene"
+    stemmer: str = "lucene-porter"
+    stopwords: str = "lucene"
+    include_title: bool = True
+    lucene_lengths: bool = True
+    name: str = "bm25s"
+    _chunks: dict[str, Chunk] = field(default_factory=dict, init=False)  # chunk id -> chunk, in index (row) order
+    _rows: list[Chunk] = field(default_factory=list, init=False)  # row of the bm25s matrix -> chunk
+    # row -> rank of its chunk id in sorted order (tie-breaks)
+    _id_rank: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64), init=False)
+    # The term cache: chunk id -> its terms as int32 ids into self._vocab (filled on demand after a load).
+    # self._vocab only grows while chunks come and go (a deleted chunk's terms keep their ids) and is
+    # compacted when most of its ids are no longer used; the model's own vocabulary holds the used terms.
+    _vocab: dict[str, int] = field(default_factory=dict, init=False)
+    _term_ids: dict[str, np.ndarray] = field(default_factory=dict, init=False)
+    _model: Any = field(default=None, init=False)  # bm25s.BM25 over self._rows, or None while empty
+
+    def __post_init__(self) -> None:
+        name, method = self.name, self.method
         if method not in METHODS:
             raise InputError(f"bm25s index {name!r}: method must be one of {', '.join(METHODS)}, got {method!r}")
-        if lucene_lengths and method != "lucene":
+        if self.lucene_lengths and method != "lucene":
             raise InputError(
                 f"bm25s index {name!r}: lucene_lengths=True reproduces Lucene's BM25 and needs method='lucene'; "
                 f"set lucene_lengths=False to use method={method!r}"
             )
-        if stopwords not in ("lucene", "none"):
-            raise InputError(f"bm25s index {name!r}: stopwords must be 'lucene' or 'none', got {stopwords!r}")
-        if k1 < 0 or not 0 <= b <= 1:
-            raise InputError(f"bm25s index {name!r}: need k1 >= 0 and 0 <= b <= 1, got k1={k1}, b={b}")
-        if stemmer not in ("lucene-porter", "none") and not re.fullmatch(r"[a-z_]+", stemmer):
-            raise InputError(f"bm25s index {name!r}: unknown stemmer {stemmer!r}")
-        self.k1 = k1
-        self.b = b
-        self.method = method
-        self.stemmer = stemmer
-        self.stopwords = stopwords
-        self.include_title = include_title
-        self.lucene_lengths = lucene_lengths
-        self.name = name
-        self._chunks: dict[str, Chunk] = {}  # chunk id -> chunk, in index (row) order
-        self._rows: list[Chunk] = []  # row of the bm25s matrix -> chunk
-        self._id_rank = np.zeros(0, dtype=np.int64)  # row -> rank of its chunk id in sorted order (tie-breaks)
-        # The term cache: chunk id -> its terms as int32 ids into self._vocab (filled on demand after a load).
-        # self._vocab only grows while chunks come and go (a deleted chunk's terms keep their ids) and is
-        # compacted when most of its ids are no longer used; the model's own vocabulary holds the used terms.
-        self._vocab: dict[str, int] = {}
-        self._term_ids: dict[str, np.ndarray] = {}
-        self._model: Any = None  # bm25s.BM25 over self._rows, or None while empty
+        if self.stopwords not in ("lucene", "none"):
+            raise InputError(f"bm25s index {name!r}: stopwords must be 'lucene' or 'none', got {self.stopwords!r}")
+        if self.k1 < 0 or not 0 <= self.b <= 1:
+            raise InputError(f"bm25s index {name!r}: need k1 >= 0 and 0 <= b <= 1, got k1={self.k1}, b={self.b}")
+        if self.stemmer not in ("lucene-porter", "none") and not re.fullmatch(r"[a-z_]+", self.stemmer):
+            raise InputError(f"bm25s index {name!r}: unknown stemmer {self.stemmer!r}")
 
     # -- the Index protocol ------------------------------------------------------------------------
 
