@@ -17,7 +17,7 @@ On disk (format version 1) a saved index is a directory holding ``manifest.json`
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -29,6 +29,7 @@ from rag.errors import InputError
 from rag.io import read_jsonl
 from rag.lazy import require
 from rag.protocols import text_batch
+from rag.registry import declared_params
 from rag.types import Chunk, Hit
 
 FORMAT_VERSION = 1
@@ -99,6 +100,7 @@ def faiss_kind(kind: str) -> FaissKind:
         raise InputError(f"dense index kind {kind!r} is not supported; supported kinds: {supported}") from None
 
 
+@declared_params
 class DenseIndex(SavedIndex):
     """Chunks embedded with a sentence-transformers model, searched by inner product in faiss.
 
@@ -117,43 +119,34 @@ class DenseIndex(SavedIndex):
     manifest_version = FORMAT_VERSION
     saved_params = ("model", "kind", "include_title")
 
-    def __init__(
-        self,
-        model: str = "minilm",
-        kind: str = "flat",
-        batch_size: int = 64,
-        include_title: bool = True,
-        name: str = "dense",
-        ef_search: int = 128,
-        nprobe: int = DEFAULT_NPROBE,
-        nlist: int = 0,
-        pq_m: int = DEFAULT_PQ_M,
-        mmap: bool = False,
-        dtype: str = "float32",
-    ) -> None:
-        faiss_kind(kind)
-        for label, value in (("batch_size", batch_size), ("ef_search", ef_search), ("nprobe", nprobe), ("pq_m", pq_m)):
+    model: str = "minilm"
+    kind: str = "flat"
+    batch_size: int = 64
+    include_title: bool = True
+    name: str = "dense"
+    ef_search: int = 128
+    nprobe: int = DEFAULT_NPROBE
+    nlist: int = 0
+    pq_m: int = DEFAULT_PQ_M
+    mmap: bool = False
+    dtype: str = "float32"
+    _factory: str = field(default="", init=False)  # the resolved faiss factory string, once the faiss index exists
+    _faiss: Any = field(default=None, init=False)  # built on the first add (it needs the dimension) or by load
+    _chunks: dict[int, Chunk] = field(default_factory=dict, init=False)  # faiss id -> chunk
+    _ids: dict[str, int] = field(default_factory=dict, init=False)  # chunk id -> faiss id
+    _next_id: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        faiss_kind(self.kind)
+        for label, value in (("batch_size", self.batch_size), ("ef_search", self.ef_search), ("nprobe", self.nprobe),
+                             ("pq_m", self.pq_m)):
             if value < 1:
-                raise InputError(f"dense index {name!r}: {label} must be at least 1, got {value}")
-        if nlist < 0:
-            raise InputError(f"dense index {name!r}: nlist must be 0 (choose from the data) or positive, got {nlist}")
-        check_dtype(model, dtype)  # at construction, like the other encoder users, not at the first add
-        self.model = model
-        self.kind = kind
-        self.batch_size = batch_size
-        self.include_title = include_title
-        self.name = name
-        self.ef_search = ef_search
-        self.nprobe = nprobe
-        self.nlist = nlist
-        self.pq_m = pq_m
-        self.mmap = mmap
-        self.dtype = dtype
-        self._factory = ""  # the resolved faiss factory string, once the faiss index exists
-        self._faiss: Any = None  # built on the first add (it needs the dimension) or by load
-        self._chunks: dict[int, Chunk] = {}  # faiss id -> chunk
-        self._ids: dict[str, int] = {}  # chunk id -> faiss id
-        self._next_id = 0
+                raise InputError(f"dense index {self.name!r}: {label} must be at least 1, got {value}")
+        if self.nlist < 0:
+            raise InputError(
+                f"dense index {self.name!r}: nlist must be 0 (choose from the data) or positive, got {self.nlist}"
+            )
+        check_dtype(self.model, self.dtype)  # at construction, like the other encoder users, not at the first add
 
     # -- the Index protocol ------------------------------------------------------------------------
 
