@@ -50,6 +50,7 @@ On disk (format version 1) a saved index is a directory holding ``manifest.json`
 
 from __future__ import annotations
 
+from dataclasses import field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -58,6 +59,7 @@ from indexes.lucene_dir import LuceneDir, field_boosts, java_list, save_lucene, 
 from indexes.manifest import SavedIndex, check_new_ids, read_chunks, write_chunks
 from rag.errors import InputError
 from rag.protocols import text_batch
+from rag.registry import declared_params
 from rag.types import Chunk, Hit
 
 FORMAT_VERSION = 1
@@ -69,6 +71,7 @@ ANALYZER = "anserini-default-english (standard tokenizer, lowercase, lucene engl
 _JAVA_TRIM = "".join(map(chr, range(33)))  # what Java's String.trim() removes: code points up to U+0020
 
 
+@declared_params
 class BM25Index(SavedIndex):
     """BM25 over Lucene with Anserini (pyserini's jar); ``fields`` is ``"flat"`` or ``"multifield"`` (see the module doc).
 
@@ -82,31 +85,25 @@ class BM25Index(SavedIndex):
     manifest_version = FORMAT_VERSION
     saved_params = ("fields",)  # k1, b and title_weight act at search time: the loading index's own
 
-    def __init__(
-        self,
-        k1: float = 0.9,
-        b: float = 0.4,
-        fields: str = "flat",
-        title_weight: float = 1.0,
-        threads: int = 1,
-        name: str = "bm25",
-    ) -> None:
-        if fields not in FIELDS:
-            raise InputError(f"bm25 index {name!r}: fields must be one of {', '.join(FIELDS)}, got {fields!r}")
-        if k1 < 0 or not 0 <= b <= 1:
-            raise InputError(f"bm25 index {name!r}: need k1 >= 0 and 0 <= b <= 1, got k1={k1}, b={b}")
-        if title_weight < 0:
-            raise InputError(f"bm25 index {name!r}: title_weight must be >= 0, got {title_weight}")
-        if threads < 1:
-            raise InputError(f"bm25 index {name!r}: threads must be at least 1, got {threads}")
-        self.k1 = k1
-        self.b = b
-        self.fields = fields
-        self.title_weight = title_weight
-        self.threads = threads
-        self.name = name
-        self._chunks: dict[str, Chunk] = {}  # chunk id -> chunk, in insertion order
-        self._lucene: LuceneDir | None = None  # the working Lucene index; None while nothing is indexed
+    k1: float = 0.9
+    b: float = 0.4
+    fields: str = "flat"
+    title_weight: float = 1.0
+    threads: int = 1
+    name: str = "bm25"
+    _chunks: dict[str, Chunk] = field(default_factory=dict, init=False)  # chunk id -> chunk, in insertion order
+    # the working Lucene index; None while nothing is indexed
+    _lucene: LuceneDir | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        if self.fields not in FIELDS:
+            raise InputError(f"bm25 index {self.name!r}: fields must be one of {', '.join(FIELDS)}, got {self.fields!r}")
+        if self.k1 < 0 or not 0 <= self.b <= 1:
+            raise InputError(f"bm25 index {self.name!r}: need k1 >= 0 and 0 <= b <= 1, got k1={self.k1}, b={self.b}")
+        if self.title_weight < 0:
+            raise InputError(f"bm25 index {self.name!r}: title_weight must be >= 0, got {self.title_weight}")
+        if self.threads < 1:
+            raise InputError(f"bm25 index {self.name!r}: threads must be at least 1, got {self.threads}")
 
     # -- the Index protocol ------------------------------------------------------------------------
 
