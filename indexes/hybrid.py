@@ -26,13 +26,14 @@ member, ``member-0``, ``member-1``, ..., each saved by that member in its own fo
 
 from __future__ import annotations
 
+from dataclasses import field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from indexes.manifest import MANIFEST, SavedIndex
 from rag.errors import InputError
 from rag.protocols import text_batch
-from rag.registry import Component, build
+from rag.registry import Component, build, declared_params
 from rag.types import Chunk, Hit
 
 FORMAT_VERSION = 1
@@ -45,45 +46,46 @@ def member_directory(number: int) -> str:
     return f"member-{number}"
 
 
+@declared_params
 class HybridIndex(SavedIndex):
     """Indexes fused into one; see the module doc. Constructing builds the members (cheap: no models yet)."""
 
     manifest_kind = KIND
     manifest_version = FORMAT_VERSION
 
-    def __init__(
-        self,
-        members: "Sequence[str | Mapping[str, Any] | Component] | None" = None,
-        method: str = "rrf",
-        weights: Sequence[float] | None = None,
-        depth: int = 100,
-        rrf_k: int = 60,
-        name: str = "hybrid",
-    ) -> None:
-        specs = list(DEFAULT_MEMBERS if members is None else members)
+    # Member specs in; after construction, each built member's config.
+    members: Sequence[str | Mapping[str, Any] | Component] | None = None
+    method: str = "rrf"
+    weights: Sequence[float] | None = None
+    depth: int = 100
+    rrf_k: int = 60
+    name: str = "hybrid"
+    _members: list[Any] = field(default_factory=list, init=False)  # the built member indexes, in order
+
+    def __post_init__(self) -> None:
+        name = self.name
+        specs = list(DEFAULT_MEMBERS if self.members is None else self.members)
         if not specs:
             raise InputError(f"hybrid index {name!r}: needs at least one member index")
-        if method not in METHODS:
-            raise InputError(f"hybrid index {name!r}: method must be one of {', '.join(METHODS)}, got {method!r}")
-        if weights is not None:
-            weights = [float(w) for w in weights]
-            if len(weights) != len(specs) or any(w < 0 for w in weights):
+        if self.method not in METHODS:
+            raise InputError(f"hybrid index {name!r}: method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.weights is not None:
+            self.weights = [float(w) for w in self.weights]
+            if len(self.weights) != len(specs) or any(w < 0 for w in self.weights):
                 raise InputError(
-                    f"hybrid index {name!r}: weights must be {len(specs)} non-negative numbers (one per member), got {weights}"
+                    f"hybrid index {name!r}: weights must be {len(specs)} non-negative numbers (one per member), "
+                    f"got {self.weights}"
                 )
-        if depth < 1 or rrf_k < 0:
-            raise InputError(f"hybrid index {name!r}: need depth >= 1 and rrf_k >= 0, got depth={depth}, rrf_k={rrf_k}")
+        if self.depth < 1 or self.rrf_k < 0:
+            raise InputError(
+                f"hybrid index {name!r}: need depth >= 1 and rrf_k >= 0, got depth={self.depth}, rrf_k={self.rrf_k}"
+            )
         self._members = [build("index", spec) for spec in specs]
         for number, member in enumerate(self._members):
             for method_name in ("add", "search", "delete", "save", "load"):
                 if not callable(getattr(member, method_name, None)):
                     raise InputError(f"hybrid index {name!r}: member {number} ({member!r}) has no {method_name}()")
         self.members = [member.to_config() for member in self._members]
-        self.method = method
-        self.weights = weights
-        self.depth = depth
-        self.rrf_k = rrf_k
-        self.name = name
 
     # -- the Index protocol ------------------------------------------------------------------------
 
