@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Callable, Iterator
+from dataclasses import field
+from typing import Any, Callable, Iterator
 
 from rag.errors import InputError
-from rag.registry import Component
+from rag.registry import Component, declared_params
 from rag.types import Answer, Citation, Context, StageRecord, Trace
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -49,6 +50,7 @@ def parse_citations(text: str, context: Context) -> list[Citation]:
     return list(seen.values())
 
 
+@declared_params
 class GroundedGenerator(Component):
     """Answer from the context with a causal LM, citing passage numbers.
 
@@ -87,64 +89,56 @@ class GroundedGenerator(Component):
 
     role = "generator"
 
-    def __init__(
-        self,
-        model: str = "qwen2.5-0.5b",
-        engine: str = "auto",
-        max_new_tokens: int | None = None,
-        temperature: float = 0.0,
-        seed: int = 0,
-        stop: list[str] | None = None,
-        system_prompt: str | None = None,
-        complete_citations: bool = True,
-        answer_style: str = "cited",
-        speculative: bool | None = None,
-        drafters: list[str] | None = None,
-        draft_model: str | None = None,
-        width_costs: dict[int, float] | None = None,
-        reuse_prefix: bool = True,
-        quantize: str | None = None,
-        draft_quantize: str | None = None,
-        context_aware: float = 0.0,
-    ) -> None:
-        if answer_style not in ANSWER_STYLES:
-            raise InputError(f"grounded generator: answer_style must be one of {sorted(ANSWER_STYLES)}, got {answer_style!r}")
-        if max_new_tokens is not None and max_new_tokens < 1:
-            raise InputError(f"grounded generator: max_new_tokens must be at least 1, got {max_new_tokens}")
-        if temperature < 0:
-            raise InputError(f"grounded generator: temperature must be >= 0, got {temperature}")
-        for name, value in (("quantize", quantize), ("draft_quantize", draft_quantize)):
+    model: str = "qwen2.5-0.5b"
+    engine: str = "auto"
+    max_new_tokens: int | None = None
+    temperature: float = 0.0
+    seed: int = 0
+    stop: list[str] | None = None
+    system_prompt: str | None = None
+    complete_citations: bool = True
+    answer_style: str = "cited"
+    speculative: bool | None = None
+    drafters: list[str] | None = None  # None: ["sam", "ngram"]
+    draft_model: str | None = None
+    width_costs: dict[int, float] | None = None
+    reuse_prefix: bool = True
+    quantize: str | None = None
+    draft_quantize: str | None = None
+    context_aware: float = 0.0
+    _prefix: tuple[list[int], object] | None = field(default=None, init=False)  # system-prompt KV: (tokens, session)
+    # what speculation learnt in earlier answers: acceptance rates, recycled tokens
+    _tracker: Any = field(default=None, init=False)
+    _recycle: Any = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        if self.answer_style not in ANSWER_STYLES:
+            raise InputError(
+                f"grounded generator: answer_style must be one of {sorted(ANSWER_STYLES)}, got {self.answer_style!r}"
+            )
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise InputError(f"grounded generator: max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise InputError(f"grounded generator: temperature must be >= 0, got {self.temperature}")
+        for name, value in (("quantize", self.quantize), ("draft_quantize", self.draft_quantize)):
             if value not in (None, "int8"):
                 raise InputError(f"grounded generator: {name} must be None or 'int8', got {value!r}")
-        if context_aware < 0:
-            raise InputError(f"grounded generator: context_aware must be at least 0 (0 is off), got {context_aware}")
+        if self.context_aware < 0:
+            raise InputError(
+                f"grounded generator: context_aware must be at least 0 (0 is off), got {self.context_aware}"
+            )
         from rag.generation.engine import canonical_engine
 
-        self.model = model
-        self.engine = canonical_engine(engine)
-        self.max_new_tokens = max_new_tokens
-        self.temperature = temperature
-        self.seed = seed
-        self.stop = None if stop is None else list(stop)
-        self.system_prompt = system_prompt
-        self.complete_citations = complete_citations
-        self.answer_style = answer_style
-        self.speculative = speculative
-        self.drafters = list(drafters) if drafters is not None else ["sam", "ngram"]
-        self.draft_model = draft_model
-        self.width_costs = {int(k): float(v) for k, v in width_costs.items()} if width_costs else None
-        self.reuse_prefix = reuse_prefix
-        self.quantize = quantize
-        self.draft_quantize = draft_quantize
-        self.context_aware = float(context_aware)
+        self.engine = canonical_engine(self.engine)
+        self.stop = None if self.stop is None else list(self.stop)
+        self.drafters = list(self.drafters) if self.drafters is not None else ["sam", "ngram"]
+        self.width_costs = {int(k): float(v) for k, v in self.width_costs.items()} if self.width_costs else None
+        self.context_aware = float(self.context_aware)
         if self.drafters:
             from rag.generation.drafters import build_drafter
 
-            names = self.drafters + (["model"] if draft_model and "model" not in self.drafters else [])
+            names = self.drafters + (["model"] if self.draft_model and "model" not in self.drafters else [])
             build_drafter(names, draft_lm=object())  # check the names now, not at the first question
-        self._prefix: tuple[list[int], object] | None = None  # cached system-prompt KV: (tokens, session)
-        self._tracker = None  # what speculation learnt in earlier answers: acceptance rates, recycled tokens
-        self._recycle = None
 
     @property
     def instructions(self) -> str:
