@@ -40,6 +40,7 @@ order) and ``lucene/`` (the Lucene impact index files, each checksummed in the m
 from __future__ import annotations
 
 import sys
+from dataclasses import field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -52,6 +53,7 @@ from rag.encoders import PROGRESS_THRESHOLD, warn_long_queries
 from rag.errors import InputError
 from rag.lazy import require
 from rag.protocols import text_batch
+from rag.registry import declared_params
 from rag.shared import shared_model
 from rag.types import Chunk, Hit
 
@@ -254,6 +256,7 @@ def quantize(vectors: Any, scale: int = DEFAULT_SCALE) -> Any:
 # -- the index ---------------------------------------------------------------------------------------
 
 
+@declared_params
 class SpladeIndex(SavedIndex):
     """SPLADE vectors in a Lucene impact index (Anserini through pyserini's jar); see the module doc.
 
@@ -269,33 +272,27 @@ class SpladeIndex(SavedIndex):
     manifest_version = FORMAT_VERSION
     saved_params = ("model", "scale", "max_length", "include_title")  # they shape the saved impact weights
 
-    def __init__(
-        self,
-        model: str = "splade-tiny",
-        scale: int = DEFAULT_SCALE,
-        max_length: int = 512,
-        batch_size: int = 32,
-        include_title: bool = True,
-        threads: int = 1,
-        name: str = "splade",
-        dtype: str = "float32",
-    ) -> None:
-        if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
-            raise InputError(f"splade index {name!r}: scale must be a positive int, got {scale!r}")
-        if threads < 1:
-            raise InputError(f"splade index {name!r}: threads must be at least 1, got {threads}")
-        SpladeEncoder(model, batch_size=batch_size, max_length=max_length, dtype=dtype)  # checks the encoder settings
-        self.model = model
-        self.scale = scale
-        self.max_length = max_length
-        self.batch_size = batch_size
-        self.include_title = include_title
-        self.threads = threads
-        self.name = name
-        self.dtype = dtype
-        self._chunks: dict[str, Chunk] = {}  # chunk id -> chunk, in insertion order
-        self._lucene: LuceneDir | None = None  # the working Lucene impact index; None while nothing is indexed
-        self._searcher: tuple[LuceneDir, Any] | None = None  # Anserini's searcher and the directory it reads
+    model: str = "splade-tiny"
+    scale: int = DEFAULT_SCALE
+    max_length: int = 512
+    batch_size: int = 32
+    include_title: bool = True
+    threads: int = 1
+    name: str = "splade"
+    dtype: str = "float32"
+    _chunks: dict[str, Chunk] = field(default_factory=dict, init=False)  # chunk id -> chunk, in insertion order
+    # the working Lucene impact index; None while nothing is indexed
+    _lucene: LuceneDir | None = field(default=None, init=False)
+    # Anserini's searcher and the directory it reads
+    _searcher: tuple[LuceneDir, Any] | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.scale, bool) or not isinstance(self.scale, int) or self.scale < 1:
+            raise InputError(f"splade index {self.name!r}: scale must be a positive int, got {self.scale!r}")
+        if self.threads < 1:
+            raise InputError(f"splade index {self.name!r}: threads must be at least 1, got {self.threads}")
+        # checks the encoder settings
+        SpladeEncoder(self.model, batch_size=self.batch_size, max_length=self.max_length, dtype=self.dtype)
 
     # -- the Index protocol ------------------------------------------------------------------------
 
