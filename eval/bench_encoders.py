@@ -146,11 +146,11 @@ def score(kind: str, queries: Any, corpus: Any) -> Any:
         return queries @ corpus.T
     if kind == "splade":
         return np.asarray((queries @ corpus.T).todense())
-    from indexes.late import _segment_maxsim
+    from indexes.late.scoring import segment_maxsim
 
     tokens = np.concatenate([d for d in corpus if len(d)]).astype(np.float32)
     lengths = np.array([len(d) for d in corpus], dtype=np.int64)
-    return np.stack([_segment_maxsim(query, tokens, lengths) for query in queries])
+    return np.stack([segment_maxsim(query, tokens, lengths) for query in queries])
 
 
 if __name__ == "__main__":

@@ -159,8 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     from eval.beir import load_beir
     from eval.metrics import evaluate_run, hits_to_run
     from indexes.late import (
-        CENTROIDS_PER_SQRT_TOKEN, LateInteractionIndex, LateRerankIndex, TokenEncoder, _TokenStore, default_nlist, text_of,
+        CENTROIDS_PER_SQRT_TOKEN, LateInteractionIndex, LateRerankIndex, TokenEncoder, default_nlist, text_of,
     )
+    from indexes.late.store import TokenStore
     from rag.registry import build
 
     dataset = load_beir(args.data, args.split)
@@ -249,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{time.perf_counter() - started:.0f} s for all queries", flush=True)
     # float16 and float32 storage on the same top 100 (a document outside int8's top 100 cannot reach the top 10).
     for storage in ("float16", "float32"):
-        store = _TokenStore("float16").extended(docs) if storage == "float16" else None
+        store = TokenStore("float16").extended(docs) if storage == "float16" else None
         rescored = []
         for q, row in zip(queries, brute):
             rows = np.array([r for r, _ in row], dtype=np.int64)

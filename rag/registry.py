@@ -44,11 +44,11 @@ _REGISTRY: dict[str, dict[str, str]] = {
         "hybrid": "indexes.hybrid:HybridIndex",
         "splade": "indexes.splade:SpladeIndex",
         "late": "indexes.late.index:LateInteractionIndex",
-        "late-rerank": "indexes.late.index:LateRerankIndex",
+        "late-rerank": "indexes.late.rerank_index:LateRerankIndex",
         "sharded": "indexes.sharded:ShardedIndex",
     },
     "reranker": {
-        "maxsim": "indexes.late.index:MaxSimReranker",
+        "maxsim": "indexes.late.reranker:MaxSimReranker",
         "cross-encoder": "rag.rerank:CrossEncoderReranker",
         "llm-pointwise": "rag.rerank:LLMPointwiseReranker",
         "first": "rag.rerank:FirstReranker",
