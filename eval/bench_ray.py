@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
                 handle.write(json.dumps({"_id": doc.id, "title": doc.title, "text": doc.text}) + "\n")
     print(f"{len(dataset.corpus)} documents, {len(dataset.queries)} queries from {args.data}; Ray {ray.__version__} "
           f"local cluster of {args.cpus} CPUs; {args.shards} shards; indexes under {root}", flush=True)
-    from indexes.sharded import keep_jvm_signal_handlers
+    from indexes.ray_workers import keep_jvm_signal_handlers
 
     keep_jvm_signal_handlers()
     ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level="WARNING", log_to_driver=False)

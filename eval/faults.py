@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(kinds) - set(SPECS))
     if unknown:
         parser.error(f"unknown kinds {unknown}; known: {', '.join(SPECS)}")
-    from indexes.sharded import set_worker_threads
+    from indexes.ray_workers import set_worker_threads
 
     set_worker_threads(args.threads)
     chunks = load_chunks(Path(args.data), 50)

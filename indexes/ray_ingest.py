@@ -37,17 +37,8 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from indexes.sharded import (
-    EXTRA,
-    ShardedIndex,
-    component_target,
-    ensure_ray,
-    set_worker_threads,
-    shard_directory,
-    shard_of,
-    worker_runtime_env,
-    write_shard_manifest,
-)
+from indexes.ray_workers import EXTRA, component_target, ensure_ray, set_worker_threads, worker_runtime_env
+from indexes.sharded import ShardedIndex, shard_directory, shard_of, write_shard_manifest
 from rag.errors import InputError, SpecragError
 from rag.io import atomic_directory
 from rag.lazy import require

@@ -23,11 +23,11 @@ the merged list equals the list one index over all chunks would give depends on 
   mean length ``avgdl``) that each shard computes over its own chunks. With ``statistics="shard"`` a chunk
   scores with its shard's statistics: on SciFact with 4 shards (about 1,300 documents each) nDCG@10 drops
   from 0.6789 to 0.6717 (-0.0072). With ``statistics="global"`` (the ``"auto"`` default for Lucene BM25
-  with flat fields) the search takes two rounds: every shard reports ``N`` and the ``df`` of each query
-  term, the driver sums them, and each shard searches with every term's boost multiplied by
-  ``idf(global) / idf(shard)``, which replaces the shard's idf by the corpus-wide one (a single shard gives
-  Anserini's own scores exactly). Only ``avgdl`` stays per shard. On SciFact: nDCG@10 0.6793 against
-  0.6789 for one index (+0.0004). bm25s and multifield BM25 shards keep per-shard statistics.
+  with flat fields; :mod:`indexes.global_bm25`) the search takes two rounds: every shard reports ``N`` and
+  the ``df`` of each query term, the driver sums them, and each shard searches with every term's boost
+  multiplied by ``idf(global) / idf(shard)``, which replaces the shard's idf by the corpus-wide one (a
+  single shard gives Anserini's own scores exactly). Only ``avgdl`` stays per shard. On SciFact: nDCG@10
+  0.6793 against 0.6789 for one index (+0.0004). bm25s and multifield BM25 shards keep per-shard statistics.
 
 A shard that raises, dies (``ray.kill``, a lost node) or does not answer within ``timeout_s`` is a
 :class:`ShardError` naming the shard, its directory and what happened; with ``allow_partial=True`` the
@@ -41,34 +41,34 @@ manifest, which in turn checksums that shard's files) and ``shard-0000``, ``shar
 normal saved index of the shard kind, loadable by itself (``DenseIndex.open("…/shard-0002")``).
 Ray must see the directory at the same path on every node (a shared file system) for multi-node use.
 
-Ray is an optional extra (``pip install 'specrag[ray]'``); importing this module does not import it.
+Each shard's actor is an :class:`indexes.ray_workers.ShardServer`; :mod:`indexes.ray_workers` also holds
+the Ray plumbing this module shares with :mod:`indexes.ray_ingest` (connecting, worker environment and
+threads). Ray is an optional extra (``pip install 'specrag[ray]'``); importing this module does not import it.
 """
 
 from __future__ import annotations
 
-import math
-import os
-import sys
 import time
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from indexes.global_bm25 import check_global_statistics, merge_statistics, supports_global_statistics
 from indexes.manifest import MANIFEST, SavedIndex, read_manifest, verify_files, write_manifest
+from indexes.ray_workers import EXTRA, ShardServer, component_target, ensure_ray, worker_runtime_env
 from rag.errors import InputError, SpecragError
 from rag.io import atomic_directory
 from rag.lazy import require
 from rag.protocols import text_batch
-from rag.registry import Component, build, register
+from rag.registry import Component, build
 from rag.types import Chunk, Hit
 
 FORMAT_VERSION = 1
 KIND = "sharded"
-EXTRA = "ray"
 ROUTING = "crc32(utf-8 doc_id) % shards"
-# Passed to every actor and Ray Data worker, so that workers behave like the driver (no hub, quiet tokenizers).
-WORKER_ENV = ("SPECRAG_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM", "SPECRAG_JAVA_HOME")
+# How shards score collection statistics: see ShardedIndex and indexes.global_bm25.
+STATISTICS = ("auto", "shard", "global")
 
 
 def shard_of(doc_id: str, shards: int) -> int:
@@ -123,98 +123,6 @@ class SearchReport:
         data = asdict(self)
         data["partial"] = self.partial
         return data
-
-
-class _ShardServer:
-    """The actor that holds one shard: builds the shard's index, loads it, and answers calls on it."""
-
-    def __init__(self, number: int, spec: Mapping[str, Any], target: str, directory: str | None, threads: int) -> None:
-        set_worker_threads(threads)
-        register("index", spec["type"], target)  # a user-registered class resolves in this process too
-        self.number = number
-        self.index = build("index", dict(spec))
-        if directory is not None:
-            self.index.load(directory)
-        set_worker_threads(threads)  # again: loading may have imported torch or faiss
-
-    def count(self) -> int:
-        return len(self.index)
-
-    def warm_up(self) -> int:
-        warm_up = getattr(self.index, "warm_up", None)
-        if callable(warm_up):
-            warm_up()
-        return len(self.index)
-
-    def search(self, queries: list[str], k: int) -> tuple[list[list[Hit]], float]:
-        started = time.perf_counter()
-        hits = self.index.search(queries, k)
-        return hits, time.perf_counter() - started
-
-    def term_statistics(self, queries: list[str]) -> dict[str, Any]:
-        return _global_scorer(self.index).statistics(queries)
-
-    def search_global(self, queries: list[str], k: int, statistics: Mapping[str, Any]) -> tuple[list[list[Hit]], float]:
-        started = time.perf_counter()
-        hits = _global_scorer(self.index).search(queries, k, statistics)
-        return hits, time.perf_counter() - started
-
-    def add(self, chunks: list[Chunk]) -> int:
-        self.index.add(chunks)
-        return len(self.index)
-
-    def delete(self, chunk_ids: list[str]) -> int:
-        return int(self.index.delete(chunk_ids))
-
-    def save(self, directory: str) -> int:
-        self.index.save(directory)
-        return len(self.index)
-
-
-def set_worker_threads(threads: int) -> None:
-    """Fix torch's and faiss's thread counts in a worker.
-
-    The environment variables cover libraries imported later (the shard's index imports torch or faiss
-    on first use); libraries already imported are set directly. Nothing heavy is imported here.
-    """
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[variable] = str(threads)
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(threads)
-    if "faiss" in sys.modules:
-        sys.modules["faiss"].omp_set_num_threads(threads)
-
-
-def worker_runtime_env() -> dict[str, Any]:
-    """A Ray ``runtime_env`` carrying specrag's environment settings to workers on other nodes."""
-    env = {name: os.environ[name] for name in WORKER_ENV if name in os.environ}
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return {"env_vars": env}
-
-
-def keep_jvm_signal_handlers() -> None:
-    """Stop Ray from installing its failure signal handler in this process (unless the user chose).
-
-    Ray's handler replaces the SIGSEGV handler that a JVM relies on for implicit null checks, so a Lucene
-    index used in the same process (BM25, SPLADE) can then crash the process ("Lucene Merge Thread:
-    segfault at 8"), as it did in our test suite once Ray had run. Call before ``ray.init``.
-    """
-    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
-
-
-def ensure_ray(address: str | None) -> Any:
-    """The ``ray`` module, connected: to ``address``, to the cluster ``RAY_ADDRESS`` names, or a local one."""
-    keep_jvm_signal_handlers()
-    ray = require("ray", EXTRA, "ray[data]")
-    if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
-    return ray
-
-
-def component_target(component: Component) -> str:
-    cls = type(component)
-    return f"{cls.__module__}:{cls.__qualname__}"
 
 
 def write_shard_manifest(
@@ -305,8 +213,8 @@ class ShardedIndex(SavedIndex):
         if statistics not in STATISTICS:
             raise InputError(f"sharded index {name!r}: statistics must be one of {', '.join(STATISTICS)}, got {statistics!r}")
         if statistics == "global":
-            _check_global_statistics(template, name)
-        self._supports_global = _supports_global_statistics(template)
+            check_global_statistics(template, name)
+        self._supports_global = supports_global_statistics(template)
         self._target = component_target(template)
         self.shard = template.to_config()
         self.shards = shards
@@ -442,7 +350,7 @@ class ShardedIndex(SavedIndex):
     def uses_global_statistics(self) -> bool:
         """Whether searches score with corpus-wide statistics (see ``statistics``)."""
         if self.statistics == "global" and not self._supports_global:
-            _check_global_statistics(build("index", self.shard), self.name)
+            check_global_statistics(build("index", self.shard), self.name)
         return self.statistics == "global" or (self.statistics == "auto" and self._supports_global)
 
     @property
@@ -479,7 +387,7 @@ class ShardedIndex(SavedIndex):
 
     def _start_actors(self, directories: Sequence[str | None]) -> list[Any]:
         ray = self._ray()
-        server = ray.remote(_ShardServer).options(
+        server = ray.remote(ShardServer).options(
             num_cpus=self.cpus_per_shard, scheduling_strategy="SPREAD", runtime_env=worker_runtime_env(),
         )
         actors = [server.remote(n, self.shard, self._target, d, self.threads) for n, d in enumerate(directories)]
@@ -538,124 +446,3 @@ def _first_line(exc: BaseException) -> str:
     lines = [line for line in text.splitlines() if line.strip()]
     # Ray's errors start with a traceback banner; the last line is the message itself.
     return (lines[-1] if lines else type(exc).__name__)[:300]
-
-
-# -- global BM25 statistics ------------------------------------------------------------------------------
-
-STATISTICS = ("auto", "shard", "global")
-
-
-def _supports_global_statistics(template: Any) -> bool:
-    from indexes.bm25 import BM25Index  # cheap: no Java until Lucene is used
-
-    return isinstance(template, BM25Index) and template.fields == "flat"
-
-
-def _check_global_statistics(template: Any, name: str) -> None:
-    if not _supports_global_statistics(template):
-        raise InputError(
-            f"sharded index {name!r}: statistics='global' is implemented for Lucene BM25 shards ('bm25', flat fields); "
-            f"got {template!r}. Dense, SPLADE and late-interaction scores use no collection statistics (leave "
-            "statistics='shard'); bm25s and multifield BM25 shards score with their own statistics"
-        )
-
-
-def merge_statistics(shard_stats: Sequence[Mapping[str, Any]], queries: int) -> dict[str, Any]:
-    """Sum the shards' document counts and, per query, the document frequency of every query term."""
-    df: list[dict[str, int]] = [{} for _ in range(queries)]
-    for stats in shard_stats:
-        for number, terms in enumerate(stats["df"]):
-            for term, count in terms.items():
-                df[number][term] = df[number].get(term, 0) + int(count)
-    return {"documents": sum(int(s["documents"]) for s in shard_stats), "df": df}
-
-
-def bm25_idf(df: int, documents: int) -> float:
-    """Lucene's BM25 idf: ``log(1 + (N - df + 0.5) / (df + 0.5))``."""
-    return math.log(1.0 + (documents - df + 0.5) / (df + 0.5))
-
-
-class _LuceneGlobalBM25:
-    """Scores a Lucene BM25 shard with corpus-wide document frequencies and document count.
-
-    Lucene's BM25 term score is ``boost * idf(df, N) * tf / (tf + k1 * (1 - b + b * dl / avgdl))``. The
-    query Anserini builds is a disjunction of term queries boosted by their count in the query; here each
-    boost is also multiplied by ``idf(global df, global N) / idf(shard df, shard N)``, so the shard's own
-    idf is replaced by the global one. ``avgdl`` stays the shard's (it sits inside the length
-    normalisation, where a boost cannot reach); with hash routing it differs little between shards.
-    """
-
-    def __init__(self, index: Any) -> None:
-        from indexes.lucene import java_class
-
-        self.index = index
-        self.path = index.lucene_directory()
-        self._java = java_class
-        self.analyzer = java_class("io.anserini.analysis.DefaultEnglishAnalyzer").newDefaultInstance()
-        self.reader = None
-        self.searcher = None
-        if self.path is not None:
-            directory = java_class("org.apache.lucene.store.FSDirectory").open(java_class("java.io.File")(str(self.path)).toPath())
-            self.reader = java_class("org.apache.lucene.index.DirectoryReader").open(directory)
-            self.searcher = java_class("io.anserini.search.SimpleSearcher")(str(self.path))
-            self.searcher.set_bm25(float(index.k1), float(index.b))
-        self.documents = int(self.reader.getDocCount("contents")) if self.reader is not None else 0
-
-    def close(self) -> None:
-        if self.reader is not None:
-            self.reader.close()
-            self.searcher.close()
-        self.reader = self.searcher = None
-
-    def terms(self, query: str) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for term in self._java("io.anserini.analysis.AnalyzerUtils").analyze(self.analyzer, query):
-            counts[term] = counts.get(term, 0) + 1
-        return counts
-
-    def statistics(self, queries: list[str]) -> dict[str, Any]:
-        term_class = self._java("org.apache.lucene.index.Term")
-        df = []
-        for query in queries:
-            terms = self.terms(query)
-            df.append({t: int(self.reader.docFreq(term_class("contents", t))) if self.reader is not None else 0 for t in terms})
-        return {"documents": self.documents, "df": df}
-
-    def search(self, queries: list[str], k: int, statistics: Mapping[str, Any]) -> list[list[Hit]]:
-        if self.searcher is None:
-            return [[] for _ in queries]
-        java = self._java
-        term_class, term_query = java("org.apache.lucene.index.Term"), java("org.apache.lucene.search.TermQuery")
-        boost_query, should = java("org.apache.lucene.search.BoostQuery"), java("org.apache.lucene.search.BooleanClause$Occur").SHOULD
-        chunks, name = self.index._chunks, self.index.name  # the shard's own chunk table, id -> chunk
-        results = []
-        for number, query in enumerate(queries):
-            builder = java("org.apache.lucene.search.BooleanQuery$Builder")()
-            clauses = 0
-            for term, count in self.terms(query).items():
-                shard_df = int(self.reader.docFreq(term_class("contents", term)))
-                if shard_df == 0:
-                    continue  # matches nothing here
-                ratio = bm25_idf(int(statistics["df"][number][term]), int(statistics["documents"])) / bm25_idf(shard_df, self.documents)
-                builder.add(boost_query(term_query(term_class("contents", term)), float(count * ratio)), should)
-                clauses += 1
-            if not clauses:
-                results.append([])
-                continue
-            found = self.searcher.search(builder.build(), k)
-            results.append([Hit(chunk=chunks[hit.docid], score=float(hit.score), source=name) for hit in found])
-        return results
-
-
-_SCORERS: dict[int, Any] = {}
-
-
-def _global_scorer(index: Any) -> _LuceneGlobalBM25:
-    """One scorer per shard index object (it holds an open Lucene reader), rebuilt when the index changes."""
-    key = id(index)
-    scorer = _SCORERS.get(key)
-    if scorer is None or scorer.index is not index or scorer.path != index.lucene_directory():
-        if scorer is not None:
-            scorer.close()
-        scorer = _SCORERS[key] = _LuceneGlobalBM25(index)
-    return scorer

@@ -12,7 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # Ray's failure signal handler would replace the JVM's SIGSEGV handler in this process, and Lucene (which
 # the BM25 and SPLADE tests run here too) then crashes on its first implicit null check: see
-# indexes.sharded.keep_jvm_signal_handlers.
+# indexes.ray_workers.keep_jvm_signal_handlers.
 os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
