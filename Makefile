@@ -28,19 +28,19 @@ test: packs
 test-slow: packs
 	$(BIN)/python -m pytest -m slow
 	SPECRAG_FUZZ_EXAMPLES=1000 $(BIN)/python -m pytest -s tests/rag/test_fuzz_inputs.py tests/indexes/test_manifest.py
-	$(BIN)/python -m eval.faults --trials 20 --fallback
+	$(BIN)/python -m bench.faults --trials 20 --fallback
 
 bench: packs
-	$(BIN)/python -m eval.bench_indexing
-	$(BIN)/python -m eval.bench_bm25
-	$(BIN)/python -m eval.bench_dense --split test
-	$(BIN)/python -m eval.bench_late --split test
-	$(BIN)/python -m eval.bench_chunking
-	$(BIN)/python -m eval.bench_compression --repeats 2
-	$(BIN)/python -m eval.bench_memory --mb 50
-	$(BIN)/python -m eval.bench_encoders --encoder dense --threads 2
-	$(BIN)/python -m eval.bench_encoders --encoder splade --threads 2
-	$(BIN)/python -m eval.bench_encoders --encoder late --threads 2
+	$(BIN)/python -m bench.indexing
+	$(BIN)/python -m bench.bm25
+	$(BIN)/python -m bench.dense --split test
+	$(BIN)/python -m bench.late --split test
+	$(BIN)/python -m bench.chunking
+	$(BIN)/python -m bench.compression --repeats 2
+	$(BIN)/python -m bench.memory --mb 50
+	$(BIN)/python -m bench.encoders --encoder dense --threads 2
+	$(BIN)/python -m bench.encoders --encoder splade --threads 2
+	$(BIN)/python -m bench.encoders --encoder late --threads 2
 	$(BIN)/specrag --threads 2 bench engines --model qwen2.5-0.5b --data ../shared/data/squad-v1.1-dev --n 20 --threads 2
 
 install: $(STAMP)

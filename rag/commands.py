@@ -14,7 +14,7 @@ from typing import Any, Callable
 COMMANDS: list[str] = [
     "eval.retrieval:add_eval_parser",
     "rag.models.cli:add_models_parser",
-    "eval.bench_generate:add_bench_parser",
+    "bench.generate:add_bench_parser",
     "eval.retrieval:add_fit_filter_parser",
     "eval.data_info:add_data_parser",
 ]

@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("chunkers", "indexes", "compressors")
-OUTSIDE_THE_CORE = (*STAGES, "eval", "tests")
+OUTSIDE_THE_CORE = (*STAGES, "eval", "bench", "tests")
 
 
 def imports(path: Path) -> list[tuple[str, int, bool]]:
@@ -53,8 +53,15 @@ def test_the_core_imports_no_component_or_evaluation_at_module_level(path):
 def test_stages_import_only_the_core_and_themselves(path):
     own = path.relative_to(ROOT).parts[0]
     wrong = [f"line {line}: {module}" for module, line, _ in imports(path)
-             if first_part(module) in (*STAGES, "eval", "tests") and first_part(module) != own]
+             if first_part(module) in (*STAGES, "eval", "bench", "tests") and first_part(module) != own]
     assert not wrong, f"{path.relative_to(ROOT)} imports another stage or the evaluation: {wrong}"
+
+
+@pytest.mark.parametrize("path", files("eval"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_the_evaluation_imports_no_benchmark(path):
+    """Benchmarks and research scripts (``bench/``) may use the harness, not the other way round."""
+    wrong = [f"line {line}: {module}" for module, line, _ in imports(path) if first_part(module) == "bench"]
+    assert not wrong, f"{path.relative_to(ROOT)} imports a benchmark: {wrong}"
 
 
 def test_the_rule_finds_a_violation(tmp_path, monkeypatch):

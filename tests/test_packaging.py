@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("rag", "chunkers", "indexes", "compressors", "eval")
+PACKAGES = ("rag", "chunkers", "indexes", "compressors", "eval", "bench")
 # Left out of pyproject.toml on purpose: the CPU wheel is installed first, pinned (see the Makefile).
 UNDECLARED_ON_PURPOSE = {"torch"}
 
@@ -108,6 +108,8 @@ def test_the_wheel_ships_the_pins_and_recipes_and_both_are_found_when_installed(
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
         archive.extractall(tmp_path / "site")
+    shipped = {name.split("/")[0] for name in names if name.endswith("/__init__.py")}
+    assert set(PACKAGES) <= shipped, f"packages missing from {wheel.name}: {sorted(set(PACKAGES) - shipped)}"
     pins = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "eval" / "expected").glob("*.yaml"))
     assert pins and set(pins) <= set(names), f"pin files missing from {wheel.name}: {sorted(set(pins) - set(names))}"
     recipes = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "rag" / "recipes").glob("*.yaml"))

@@ -1,7 +1,7 @@
 """Kill index writers at random moments and check that the path holds the complete old or new version (issue 21).
 
-    python -m eval.faults [--kinds dense,bm25,...] [--trials 20] [--seed 0] [--data ../shared/data/scifact]
-                          [--work DIR] [--threads 1] [--fallback]
+    python -m bench.faults [--kinds dense,bm25,...] [--trials 20] [--seed 0] [--data ../shared/data/scifact]
+                           [--work DIR] [--threads 1] [--fallback]
 
 For each index kind: build the **old** version (the first 40 SciFact documents) and the **new** one (old plus
 the next 10, added incrementally) once, without faults, and record each one's top-10 ids for 5 queries. Then
@@ -154,7 +154,7 @@ def run_kind(kind: str, spec: dict[str, Any], old_chunks: list[Any], new_chunks:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), SPECRAG_THREADS=str(threads))
 
     def start(target: Path, phase_file: Path) -> subprocess.Popen:
-        code = ("import json; from pathlib import Path; from eval.faults import child; "
+        code = ("import json; from pathlib import Path; from bench.faults import child; "
                 f"child(json.loads({json.dumps(spec)!r}), Path({str(target)!r}), Path({str(added)!r}), "
                 f"Path({str(phase_file)!r}), {COMMIT_DELAY_S}, {fallback})")
         with errors.open("ab") as sink:  # the child's own messages, for a writer that fails by itself
@@ -231,7 +231,7 @@ def run_kind(kind: str, spec: dict[str, Any], old_chunks: list[Any], new_chunks:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m eval.faults", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.faults", description=__doc__.split("\n\n")[0])
     parser.add_argument("--kinds", default=",".join(SPECS), help=f"comma-separated (default: {','.join(SPECS)})")
     parser.add_argument("--trials", type=int, default=20, help="killed saves per kind (default: 20)")
     parser.add_argument("--seed", type=int, default=0)

@@ -1,8 +1,8 @@
 """Chunking throughput: perplexity chunking (SmolLM2-135M) on each engine against semantic chunking, in one run.
 
-    python -m eval.bench_chunking [--data ../shared/data/squad-v1.1-dev] [--words 10000] [--repeats 1]
-                                  [--chunkers semantic,perplexity] [--params JSON]
-                                  [--engines transformers:float32,transformers:bfloat16,llama.cpp]
+    python -m bench.chunking [--data ../shared/data/squad-v1.1-dev] [--words 10000] [--repeats 1]
+                             [--chunkers semantic,perplexity] [--params JSON]
+                             [--engines transformers:float32,transformers:bfloat16,llama.cpp]
 
 One document of ``--words`` words is built by joining SQuAD paragraphs (corpus order) with blank lines.
 Every chunker is built with the evaluation's parameters (``eval.chunking.EVAL_PARAMS``); the chunkers that
@@ -45,7 +45,7 @@ def build_document(data_dir: str | Path, words: int) -> Document:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m eval.bench_chunking", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.chunking", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="QA/BEIR folder whose corpus.jsonl gives the text")
     parser.add_argument("--words", type=int, default=10_000, help="document length in words (default 10000)")
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per chunker (default 1)")

@@ -1,6 +1,6 @@
 """Dense search: specrag's DenseIndex against raw faiss, and the approximate kinds against exact search.
 
-    python -m eval.bench_dense [--data ../shared/data/scifact] [--split train] [--rounds 20] [--grid] [--threads 2]
+    python -m bench.dense [--data ../shared/data/scifact] [--split train] [--rounds 20] [--grid] [--threads 2]
 
 On SciFact (5,183 documents, all-MiniLM-L6-v2 from the ``minilm`` pack, one faiss thread), the corpus and
 the queries of ``--split`` (default ``train``, 809 queries: the split the IVF-PQ defaults are chosen on;

@@ -1,6 +1,6 @@
 """Peak memory of chunking and indexing one very large document (issue 21: bounded resources).
 
-    python -m eval.bench_memory [--mb 50] [--cases fixed+bm25s,sentence+bm25s,fixed+bm25] [--threads 1]
+    python -m bench.memory [--mb 50] [--cases fixed+bm25s,sentence+bm25s,fixed+bm25] [--threads 1]
 
 One document of ``--mb`` megabytes (UTF-8) is built by joining the SciFact abstracts (corpus order, again
 from the start when they run out) with blank lines and written as a one-line corpus JSONL. Each case runs
@@ -88,7 +88,7 @@ def run_case(chunker_name: str, index_name: str, corpus: Path, out: Path) -> dic
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m eval.bench_memory", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.memory", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="folder whose corpus.jsonl gives the text")
     parser.add_argument("--mb", type=float, default=50.0, help="document size in MB (default 50)")
     parser.add_argument("--cases", default=",".join(CASES), help=f"chunker+index pairs (default {','.join(CASES)})")
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
         for case in args.cases.split(","):
             child = subprocess.run(
-                [sys.executable, "-m", "eval.bench_memory", "--case", case, "--corpus", str(corpus),
+                [sys.executable, "-m", "bench.memory", "--case", case, "--corpus", str(corpus),
                  "--threads", str(args.threads)],
                 capture_output=True, text=True, env=env,
             )

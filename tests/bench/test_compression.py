@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from eval.bench_compression import build_hits, main, time_compressors
+from bench.compression import build_hits, main, time_compressors
 
 
 def test_build_hits_stops_once_the_token_count_is_reached(data_dir):

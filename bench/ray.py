@@ -1,7 +1,7 @@
 """Ray ingestion and sharded search against the single-process path, in one run.
 
-    python -m eval.bench_ray [--data ../shared/data/scifact] [--kinds dense,bm25] [--shards 4] [--cpus 2]
-                             [--limit N] [--latency-queries 50] [--out DIR]
+    python -m bench.ray [--data ../shared/data/scifact] [--kinds dense,bm25] [--shards 4] [--cpus 2]
+                        [--limit N] [--latency-queries 50] [--out DIR]
 
 For each index kind, on the same corpus (one chunk per document, the "document" chunker):
 
@@ -207,7 +207,7 @@ def bench_resharded(single_dir: Path, args: argparse.Namespace, dataset: Any, ro
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m eval.bench_ray", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.ray", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="BEIR-layout data set (default: SciFact)")
     parser.add_argument("--kinds", default="dense,bm25", help="comma-separated index kinds (default: dense,bm25)")
     parser.add_argument("--shards", type=int, default=4)

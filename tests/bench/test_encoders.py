@@ -1,10 +1,10 @@
-"""``python -m eval.bench_encoders`` end to end on a slice of SciFact (plumbing, not speed)."""
+"""``python -m bench.encoders`` end to end on a slice of SciFact (plumbing, not speed)."""
 
 import json
 
 import pytest
 
-from eval.bench_encoders import main
+from bench.encoders import main
 
 
 @pytest.mark.parametrize(("encoder", "splits"), [("dense", "test,train"), ("late", "test"), ("splade", "test")])

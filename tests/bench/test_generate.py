@@ -85,7 +85,7 @@ def test_bench_engines_prints_each_engines_calibration_then_answer_times(data_di
 
 
 def test_a_divergence_is_diagnosed_with_the_reference_methods_own_logits():
-    from eval.bench_generate import divergence
+    from bench.generate import divergence
     from rag.generation.contrast import ContrastSession
     from rag.generation.decode import decode
     from rag.generation.engine import load_engine

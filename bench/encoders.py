@@ -1,7 +1,7 @@
 """Encoder dtype: bfloat16 against float32 for one encoder, in one run (throughput and retrieval quality).
 
-    python -m eval.bench_encoders [--encoder dense|late|splade] [--data ../shared/data/scifact]
-                                  [--splits test,train] [--limit N] [--block 128] [--threads 2]
+    python -m bench.encoders [--encoder dense|late|splade] [--data ../shared/data/scifact]
+                             [--splits test,train] [--limit N] [--block 128] [--threads 2]
 
 Encodes the corpus (``title + " " + text``, as the indexes do) with the encoder (``dense``: MiniLM
 sentence vectors; ``late``: MiniLM token vectors, as the late index stores them before compression;
@@ -27,7 +27,7 @@ QUALITY_TOLERANCE = 0.002
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m eval.bench_encoders", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.encoders", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="BEIR-layout data set (default: SciFact)")
     parser.add_argument("--encoder", choices=("dense", "late", "splade"), default="dense",
                         help="the encoder compared (default: dense)")

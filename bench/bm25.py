@@ -1,7 +1,7 @@
 """BM25 search speed: specrag's Lucene index against pyserini called directly and against bm25s, and
 where bm25s stops being the faster backend as the corpus grows.
 
-    python -m eval.bench_bm25 [--data ../shared/data] [--rounds 10] [--skip-crossover] [--sizes 1000,5000,13568,27136,54272]
+    python -m bench.bm25 [--data ../shared/data] [--rounds 10] [--skip-crossover] [--sizes 1000,5000,13568,27136,54272]
 
 Part 1, on SciFact (5,183 documents, 300 test queries, k=100, one thread everywhere):
 
@@ -194,7 +194,7 @@ def verdict(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m eval.bench_bm25", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.bm25", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="folder holding the shared data sets")
     parser.add_argument("--rounds", type=int, default=10, help="timed passes over the queries in part 1 (default: 10)")
     parser.add_argument(

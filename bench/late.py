@@ -1,7 +1,7 @@
 """Late interaction on SciFact: candidate search against brute-force MaxSim, reranking, and index size.
 
-    python -m eval.bench_late [--data ../shared/data/scifact] [--split train] [--cache DIR] [--grid] [--nlist N]
-                              [--timed-queries 30] [--threads 2]
+    python -m bench.late [--data ../shared/data/scifact] [--split train] [--cache DIR] [--grid] [--nlist N]
+                         [--timed-queries 30] [--threads 2]
 
 The queries are those judged in ``--split`` (default ``train``: the defaults are chosen on SciFact's 809
 train queries and reported on its 300 test queries with ``--split test``); every line of output that

@@ -1,7 +1,7 @@
 """Compression speed on a long context: surprisal pruning on each engine against extractive, in one run.
 
-    python -m eval.bench_compression [--data ../shared/data/squad-v1.1-dev] [--tokens 4000] [--repeats 1]
-                                     [--threads 2] [--rate 3]
+    python -m bench.compression [--data ../shared/data/squad-v1.1-dev] [--tokens 4000] [--repeats 1]
+                                [--threads 2] [--rate 3]
 
 The context is SQuAD paragraphs in corpus order, one hit each, until ``--tokens`` tokens of the
 generator's tokenizer (the budget's unit). Every compressor is built, warmed up on one short hit (models
@@ -91,7 +91,7 @@ def time_compressors(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m eval.bench_compression", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.compression", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="QA/BEIR folder whose corpus.jsonl gives the text")
     parser.add_argument("--tokens", type=int, default=4000, help="context length in generator tokens (default 4000)")
     parser.add_argument("--rate", type=float, default=3.0, help="compression factor (default 3: keep a third)")

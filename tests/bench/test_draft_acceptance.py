@@ -1,6 +1,6 @@
 """The draft-acceptance measurement behind the tracker's priors, on real prompts with the smallest model."""
 
-from eval.draft_acceptance import measure
+from bench.draft_acceptance import measure
 from rag.generation.speculative import AcceptanceTracker
 
 

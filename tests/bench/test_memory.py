@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from eval.bench_memory import build_corpus, main
+from bench.memory import build_corpus, main
 
 
 def test_the_corpus_is_one_document_of_the_asked_size(scifact_dir, tmp_path):

@@ -1,7 +1,7 @@
 """How often looked-up drafts are accepted, by match length: the data behind the acceptance priors.
 
-    python -m eval.draft_acceptance --data ../shared/data/hotpotqa-dev-fullwiki-500 [--n 20] [--drafter sam]
-                                    [--model qwen2.5-0.5b] [--max-new-tokens 64] [--threads 1]
+    python -m bench.draft_acceptance --data ../shared/data/hotpotqa-dev-fullwiki-500 [--n 20] [--drafter sam]
+                                     [--model qwen2.5-0.5b] [--max-new-tokens 64] [--threads 1]
 
 Builds the RAG prompts of ``specrag bench generate`` and decodes them greedily with our speculative loop,
 forced to verify every draft at full length (15 tokens; the width policy is given one free width), so
@@ -21,7 +21,7 @@ from typing import Any
 
 def measure(data: str, n: int, drafter_name: str, model: str, max_new_tokens: int) -> dict[str, Any]:
     """Per-bucket draft counts and first/later acceptance rates with forced full-length drafts."""
-    from eval.bench_generate import build_prompts
+    from bench.generate import build_prompts
     from rag.generation.drafters import build_drafter
     from rag.generation.hf import load_causal_lm
     from rag.generation.speculative import AcceptanceTracker, WidthPolicy, speculative_decode

@@ -1,6 +1,6 @@
 """Indexing throughput: specrag's dense indexing path against sentence-transformers called directly.
 
-    python -m eval.bench_indexing [--data ../shared/data/scifact] [--limit N] [--block 128] [--repeats 1]
+    python -m bench.indexing [--data ../shared/data/scifact] [--limit N] [--block 128] [--repeats 1]
 
 Both sides encode the same texts (``title + " " + text``) with the same model, batch size 64 and
 normalisation. (a) is ``SentenceTransformer.encode`` on prebuilt texts; (b) is the whole pipeline path:
@@ -38,7 +38,7 @@ def _pipeline(chunker: object, index: object, docs: list[Document]) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m eval.bench_indexing", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.indexing", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="BEIR-layout data set (default: SciFact)")
     parser.add_argument("--limit", type=int, help="use only the first N documents")
     parser.add_argument("--block", type=int, default=128, help="documents per alternating block (default: 128)")

@@ -1,6 +1,6 @@
 """The fault-injection harness, quick subset: writers SIGKILLed mid-save leave the old or the new version.
 
-The full run (every index kind, 20 trials each, both commit paths) is `python -m eval.faults --fallback`;
+The full run (every index kind, 20 trials each, both commit paths) is `python -m bench.faults --fallback`;
 its table is in eval/results/faults.md.
 """
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from eval.faults import SPECS, load_chunks, run_kind
+from bench.faults import SPECS, load_chunks, run_kind
 
 
 @pytest.mark.parametrize("fallback", [False, True], ids=["exchange", "two-renames"])

@@ -1,6 +1,6 @@
 """SPLADE through the Lucene impact index against an exact sparse dot product (scipy), on the same encodings.
 
-    .venv/bin/python -m eval.splade_exact --data ../shared/data/scifact [--limit N] [--out result.json]
+    .venv/bin/python -m bench.splade_exact --data ../shared/data/scifact [--limit N] [--out result.json]
 
 Encodes the corpus (one chunk per document, title + " " + text, as ``specrag eval retrieval --index splade``)
 and the queries once with :class:`indexes.splade.SpladeEncoder`, then scores three runs of the top 100
