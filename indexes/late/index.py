@@ -43,6 +43,7 @@ listed in :mod:`indexes.late.files`.
 
 from __future__ import annotations
 
+from dataclasses import field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -58,6 +59,7 @@ from indexes.manifest import SavedIndex, check_new_ids, read_chunks, write_chunk
 from rag.errors import InputError
 from rag.lazy import require
 from rag.protocols import text_batch
+from rag.registry import declared_params
 from rag.types import Chunk, Hit
 
 # Chosen on SciFact's train queries (eval/bench_late.py --split train --grid; eval/results/late.md; 4,096
@@ -68,6 +70,7 @@ DEFAULT_CANDIDATES = 512
 RETRAIN_GROWTH = 4
 
 
+@declared_params
 class LateInteractionIndex(SavedIndex):
     """Multi-vector index searched by MaxSim, PLAID-style (see the module doc).
 
@@ -83,19 +86,30 @@ class LateInteractionIndex(SavedIndex):
     # what the stored vectors depend on; search settings (nprobe, candidates, exhaustive) are the loading index's
     saved_params = ("model", "storage", "max_length")
 
-    def __init__(
-        self,
-        model: str = "minilm",
-        storage: str = "int8",
-        nlist: int | None = None,
-        nprobe: int = DEFAULT_NPROBE,
-        candidates: int = DEFAULT_CANDIDATES,
-        exhaustive: bool = False,
-        max_length: int = 256,
-        batch_size: int = 32,
-        name: str = "late",
-        dtype: str = "float32",
-    ) -> None:
+    model: str = "minilm"
+    storage: str = "int8"
+    nlist: int | None = None
+    nprobe: int = DEFAULT_NPROBE
+    candidates: int = DEFAULT_CANDIDATES
+    exhaustive: bool = False
+    max_length: int = 256
+    batch_size: int = 32
+    name: str = "late"
+    dtype: str = "float32"
+    _encoder: TokenEncoder = field(init=False)  # built in __post_init__ (cheap: the model loads on first use)
+    _chunks: list[Chunk] = field(default_factory=list, init=False)  # in storage order
+    _rows: dict[str, int] = field(default_factory=dict, init=False)  # chunk id -> row
+    _store: TokenStore = field(init=False)  # built in __post_init__, empty, with this index's storage
+    _centroids: np.ndarray | None = field(default=None, init=False)
+    # centroid id per token row
+    _codes: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32), init=False)
+    _trained_tokens: int = field(default=0, init=False)
+    # centroid -> documents (CSR), derived
+    _lists: tuple[np.ndarray, np.ndarray] | None = field(default=None, init=False)
+    _quantizer: Any = field(default=None, init=False)  # derived from the centroids
+
+    def __post_init__(self) -> None:
+        name, storage, nlist, nprobe, candidates = self.name, self.storage, self.nlist, self.nprobe, self.candidates
         if storage not in STORAGES:
             raise InputError(f"late index {name!r}: storage must be one of {', '.join(STORAGES)}, got {storage!r}")
         if nlist is not None and nlist < 1 or nprobe < 1 or candidates < 1:
@@ -103,25 +117,10 @@ class LateInteractionIndex(SavedIndex):
                 f"late index {name!r}: need nlist >= 1 (or None), nprobe >= 1 and candidates >= 1; "
                 f"got nlist={nlist}, nprobe={nprobe}, candidates={candidates}"
             )
-        self._encoder = TokenEncoder(model, max_length=max_length, batch_size=batch_size, dtype=dtype)
-        self.model = model
-        self.storage = storage
-        self.nlist = nlist
-        self.nprobe = nprobe
-        self.candidates = candidates
-        self.exhaustive = exhaustive
-        self.max_length = max_length
-        self.batch_size = batch_size
-        self.name = name
-        self.dtype = dtype
-        self._chunks: list[Chunk] = []  # in storage order
-        self._rows: dict[str, int] = {}  # chunk id -> row
+        self._encoder = TokenEncoder(
+            self.model, max_length=self.max_length, batch_size=self.batch_size, dtype=self.dtype
+        )
         self._store = TokenStore(storage)
-        self._centroids: np.ndarray | None = None
-        self._codes = np.zeros(0, dtype=np.int32)  # centroid id per token row
-        self._trained_tokens = 0
-        self._lists: tuple[np.ndarray, np.ndarray] | None = None  # centroid -> documents (CSR), derived
-        self._quantizer: Any = None  # derived from the centroids
 
     # -- the Index protocol ------------------------------------------------------------------------
 
