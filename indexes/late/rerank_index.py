@@ -5,6 +5,7 @@ index is saved under ``bm25/``, see :mod:`indexes.late.files`).
 
 from __future__ import annotations
 
+from dataclasses import field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -18,9 +19,11 @@ from indexes.late.store import STORAGES, TokenStore
 from indexes.manifest import MANIFEST, SavedIndex, check_new_ids, read_chunks, write_chunks
 from rag.errors import InputError
 from rag.protocols import text_batch
+from rag.registry import declared_params
 from rag.types import Chunk, Hit
 
 
+@declared_params
 class LateRerankIndex(SavedIndex):
     """BM25 (Lucene, flat) top ``depth`` reranked by exact MaxSim on the stored token vectors.
 
@@ -33,35 +36,31 @@ class LateRerankIndex(SavedIndex):
     manifest_version = FORMAT_VERSION
     saved_params = ("model", "storage", "max_length")
 
-    def __init__(
-        self,
-        model: str = "minilm",
-        depth: int = 100,
-        k1: float = 0.9,
-        b: float = 0.4,
-        storage: str = "int8",
-        max_length: int = 256,
-        batch_size: int = 32,
-        name: str = "late-rerank",
-        dtype: str = "float32",
-    ) -> None:
+    model: str = "minilm"
+    depth: int = 100
+    k1: float = 0.9
+    b: float = 0.4
+    storage: str = "int8"
+    max_length: int = 256
+    batch_size: int = 32
+    name: str = "late-rerank"
+    dtype: str = "float32"
+    _encoder: TokenEncoder = field(init=False)  # built in __post_init__ (cheap: the model loads on first use)
+    _bm25: BM25Index = field(init=False)  # built in __post_init__: the first stage, flat fields
+    _chunks: list[Chunk] = field(default_factory=list, init=False)
+    _rows: dict[str, int] = field(default_factory=dict, init=False)
+    _store: TokenStore = field(init=False)  # built in __post_init__, empty, with this index's storage
+
+    def __post_init__(self) -> None:
+        name, storage, depth = self.name, self.storage, self.depth
         if storage not in STORAGES:
             raise InputError(f"late-rerank index {name!r}: storage must be one of {', '.join(STORAGES)}, got {storage!r}")
         if depth < 1:
             raise InputError(f"late-rerank index {name!r}: depth must be at least 1, got {depth}")
-        self._encoder = TokenEncoder(model, max_length=max_length, batch_size=batch_size, dtype=dtype)
-        self._bm25 = BM25Index(k1=k1, b=b, fields="flat", name=f"{name}-bm25")
-        self.model = model
-        self.depth = depth
-        self.k1 = k1
-        self.b = b
-        self.storage = storage
-        self.max_length = max_length
-        self.batch_size = batch_size
-        self.name = name
-        self.dtype = dtype
-        self._chunks: list[Chunk] = []
-        self._rows: dict[str, int] = {}
+        self._encoder = TokenEncoder(
+            self.model, max_length=self.max_length, batch_size=self.batch_size, dtype=self.dtype
+        )
+        self._bm25 = BM25Index(k1=self.k1, b=self.b, fields="flat", name=f"{name}-bm25")
         self._store = TokenStore(storage)
 
     def add(self, chunks: Iterable[Chunk]) -> None:
