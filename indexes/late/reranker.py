@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import field
+
 from indexes.late.encoder import TokenEncoder, query_vectors, text_of
 from indexes.late.scoring import maxsim, top_positions
 from rag.errors import InputError
-from rag.registry import Component
+from rag.registry import Component, declared_params
 from rag.types import Hit
 
 
+@declared_params
 class MaxSimReranker(Component):
     """Reranks any hits by MaxSim with a token encoder, encoding the hits' texts on the fly (nothing cached).
 
@@ -20,16 +23,17 @@ class MaxSimReranker(Component):
 
     role = "reranker"
 
-    def __init__(
-        self, model: str = "minilm", max_length: int = 256, batch_size: int = 32, name: str = "maxsim",
-        dtype: str = "float32",
-    ) -> None:
-        self._encoder = TokenEncoder(model, max_length=max_length, batch_size=batch_size, dtype=dtype)
-        self.model = model
-        self.max_length = max_length
-        self.batch_size = batch_size
-        self.name = name
-        self.dtype = dtype
+    model: str = "minilm"
+    max_length: int = 256
+    batch_size: int = 32
+    name: str = "maxsim"
+    dtype: str = "float32"
+    _encoder: TokenEncoder = field(init=False)  # built in __post_init__ (cheap: the model loads on first use)
+
+    def __post_init__(self) -> None:
+        self._encoder = TokenEncoder(
+            self.model, max_length=self.max_length, batch_size=self.batch_size, dtype=self.dtype
+        )
 
     def rerank(self, query: str, hits: list[Hit], k: int) -> list[Hit]:
         """The ``k`` best of ``hits`` by MaxSim, best first (ties keep the input order); a chunk id that
