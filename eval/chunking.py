@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from rag.cli.args import positive_int
 from rag.cli import exit_codes
 from rag.errors import InputError
 from rag.io import read_documents, read_jsonl
@@ -304,16 +305,16 @@ def add_chunking_parser(commands: "argparse._SubParsersAction[argparse.ArgumentP
         epilog="example: specrag eval chunking --data ../shared/data/squad-v1.1-dev --limit 300 --chunkers fixed,perplexity",
     )
     parser.add_argument("--data", required=True, metavar="DIR", help="QA folder in the BEIR layout with answers")
-    parser.add_argument("--limit", type=_positive_int, metavar="N", help="evaluate N questions, restricted to their articles")
+    parser.add_argument("--limit", type=positive_int, metavar="N", help="evaluate N questions, restricted to their articles")
     parser.add_argument(
-        "--per-article", type=_positive_int, default=25, metavar="Q",
+        "--per-article", type=positive_int, default=25, metavar="Q",
         help="with --limit: questions per article, evenly spaced over it (default 25)",
     )
     parser.add_argument(
         "--chunkers", default=",".join(CHUNKERS), metavar="A,B",
         help=f"registered chunkers to compare (default: {','.join(CHUNKERS)})",
     )
-    parser.add_argument("--k", type=_positive_int, default=5, help="chunks retrieved per question (default 5)")
+    parser.add_argument("--k", type=positive_int, default=5, help="chunks retrieved per question (default 5)")
     parser.add_argument(
         "--params", type=json.loads, default=None, metavar="JSON",
         help='per-chunker parameter overrides, e.g. \'{"perplexity": {"target_tokens": 64}}\'',
@@ -342,17 +343,10 @@ def chunking_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m eval.chunking [--threads N] ...``: the same command without the ``specrag`` entry point."""
     parser = argparse.ArgumentParser(prog="python -m eval.chunking")
-    parser.add_argument("--threads", type=_positive_int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--threads", type=positive_int, default=2, help="torch threads (default 2)")
     add_chunking_parser(parser.add_subparsers(dest="command", required=True))
     argv = list(sys.argv[1:] if argv is None else argv)
     threads = ["--threads", argv.pop(argv.index("--threads") + 1)] if "--threads" in argv else []

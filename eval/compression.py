@@ -42,6 +42,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from rag.cli.args import positive_int
 from rag.errors import InputError, SpecragError
 from rag.types import Chunk, Context, Hit
 
@@ -234,7 +235,7 @@ def add_compression_parser(commands: "argparse._SubParsersAction[argparse.Argume
         epilog="example: specrag eval compression --data ../shared/data/squad-v1.1-dev --limit 300 --no-generate",
     )
     parser.add_argument("--data", required=True, metavar="DIR", help="QA folder (corpus.jsonl, queries.jsonl with answers)")
-    parser.add_argument("--limit", type=_positive_int, metavar="N", help="evaluate the first N questions")
+    parser.add_argument("--limit", type=positive_int, metavar="N", help="evaluate the first N questions")
     parser.add_argument("--skip", type=int, default=0, metavar="N",
                         help="leave out the first N questions (choose settings beside a report on the first N)")
     parser.add_argument("--rates", default="1,2,3,5", metavar="R,R", help="compression factors (default 1,2,3,5)")
@@ -248,9 +249,9 @@ def add_compression_parser(commands: "argparse._SubParsersAction[argparse.Argume
         "--params", type=_params, default=None, metavar="JSON",
         help='constructor parameters per compressor, e.g. \'{"surprisal": {"quantize": "int8"}}\'',
     )
-    parser.add_argument("--k", type=_positive_int, default=5, help="passages retrieved per question (default 5)")
+    parser.add_argument("--k", type=positive_int, default=5, help="passages retrieved per question (default 5)")
     parser.add_argument("--index-dir", metavar="DIR", help="reuse (or save) the dense index of the corpus here")
-    parser.add_argument("--threads", type=_positive_int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--threads", type=positive_int, default=2, help="torch threads (default 2)")
     parser.set_defaults(func=compression_command)
     return parser
 
@@ -298,13 +299,6 @@ def _params(text: str) -> dict[str, dict[str, Any]]:
         raise argparse.ArgumentTypeError(f"not JSON ({exc})") from None
     if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
         raise argparse.ArgumentTypeError('want an object of objects, e.g. {"surprisal": {"quantize": "int8"}}')
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
 
 

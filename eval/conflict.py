@@ -330,7 +330,7 @@ def add_conflict_parser(commands: "argparse._SubParsersAction[argparse.ArgumentP
 
 @exit_codes
 def conflict_command(args: argparse.Namespace) -> int:
-    from eval.retrieval import parse_settings
+    from rag.cli.args import parse_settings
 
     if args.summarise:
         records: dict[str, list[dict[str, Any]]] = {}

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from eval.qa import QADataset, QAQuestion, contains_answer, exact_match, load_qa, token_f1
+from rag.cli.args import positive_int
 from rag.errors import InputError, SpecragError
 from rag.types import Answer, Context
 
@@ -464,7 +465,7 @@ def add_rag_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser
     parser.add_argument("--data", required=True, metavar="DIR", help="QA folder: corpus.jsonl, queries.jsonl with answers, qrels/")
     parser.add_argument("--pipeline", metavar="CONFIG", type=Path,
                         help="pipeline YAML/JSON (default: the default Pipeline(), the fast recipe: recursive, dense, top-5, extractive 3x, qwen2.5-0.5b)")
-    parser.add_argument("--limit", type=_positive_int, metavar="N", help="the first N questions (the whole corpus is indexed)")
+    parser.add_argument("--limit", type=positive_int, metavar="N", help="the first N questions (the whole corpus is indexed)")
     parser.add_argument("--split", default="test", help="qrels split naming relevant passages (default: test)")
     parser.add_argument("--out", type=Path, metavar="RUNDIR", help=f"run directory (default: {DEFAULT_RUNS}/<data>-<config hash>)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
@@ -482,7 +483,7 @@ def add_rag_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser
 def rag_command(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     try:
-        from eval.retrieval import parse_settings
+        from rag.cli.args import parse_settings
 
         summary = run_rag_eval(args.data, args.pipeline, args.out, limit=args.limit, split=args.split,
                                plots=not args.no_plots, answer_style=args.answer_style,
@@ -498,10 +499,3 @@ def rag_command(args: argparse.Namespace) -> int:
     print(f"({time.perf_counter() - started:.0f} s)", file=sys.stderr)
     print(json.dumps(summary), flush=True)
     return 0
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value

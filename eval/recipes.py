@@ -143,7 +143,7 @@ def run_recipes(
 
 
 def add_recipes_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> argparse.ArgumentParser:
-    from eval.rag_eval import _positive_int
+    from rag.cli.args import positive_int
 
     parser = commands.add_parser(
         "recipes",
@@ -160,7 +160,7 @@ def add_recipes_parser(commands: "argparse._SubParsersAction[argparse.ArgumentPa
     parser.add_argument("--data", required=True, metavar="DIR", help="QA folder: corpus.jsonl, queries.jsonl with answers, qrels/")
     parser.add_argument("--recipes", metavar="LIST",
                         help="comma-separated recipe names or pipeline config files (default: every recipe)")
-    parser.add_argument("--limit", type=_positive_int, metavar="N", help="the first N questions")
+    parser.add_argument("--limit", type=positive_int, metavar="N", help="the first N questions")
     parser.add_argument("--split", default="test", help="qrels split naming relevant passages (default: test)")
     parser.add_argument("--out", type=Path, metavar="DIR",
                         help="where the runs and the front go (default: .specrag/runs/recipes-<data>)")

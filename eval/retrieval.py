@@ -16,7 +16,8 @@ from typing import Any, Mapping, Sequence
 
 from eval.beir import BeirDataset, load_beir
 from eval.metrics import evaluate_run, hits_to_run
-from rag.cli import exit_codes
+from rag.cli.args import parse_settings, positive_int
+from rag.cli.errors import exit_codes
 from rag.errors import InputError
 from rag.registry import Component, build, known
 from rag.types import Hit
@@ -153,7 +154,7 @@ def run_retrieval(
     and ``kept_mean`` (with ``filters``, the filter configs). ``params`` maps a reranker or filter name to
     parameters overriding its defaults (``{"calibrated": {"path": "bm25.json"}}``).
     """
-    from rag.calibration import kept_metrics
+    from ranking.calibrated import kept_metrics
 
     params = dict(params or {})
     index = load_index_spec(index_spec)  # components first: a mistyped name fails before a corpus is read
@@ -246,23 +247,6 @@ def format_result(result: Mapping[str, Any]) -> str:
 # -- command line ----------------------------------------------------------------------------------
 
 
-def add_eval_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> argparse.ArgumentParser:
-    """Register ``eval`` and its commands on the top-level ``specrag`` subparsers; returns the ``eval`` parser.
-
-    Each ``eval`` command is one ``add_*_parser`` function listed in :data:`rag.commands.EVAL_COMMANDS`.
-    """
-    parser = subparsers.add_parser(
-        "eval",
-        help="evaluate retrieval on a data set",
-        description="Evaluate specrag components on data sets in the BEIR layout.",
-    )
-    commands = parser.add_subparsers(dest="eval_command", metavar="COMMAND", required=True)
-    from rag.commands import EVAL_COMMANDS, add_all
-
-    add_all(commands, EVAL_COMMANDS)
-    return parser
-
-
 def add_retrieval_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> argparse.ArgumentParser:
     parser = commands.add_parser(
         "retrieval",
@@ -290,15 +274,15 @@ def add_retrieval_parser(commands: "argparse._SubParsersAction[argparse.Argument
     )
     parser.add_argument("--split", default="test", help="qrels split to evaluate (qrels/SPLIT.tsv; default: test)")
     parser.add_argument(
-        "--limit", type=_positive_int, metavar="N",
+        "--limit", type=positive_int, metavar="N",
         help="evaluate only the first N queries, against their judged documents plus 25 others per query",
     )
     parser.add_argument("--full-corpus", action="store_true",
                         help="with --limit, search the whole corpus (only the queries are limited)")
-    parser.add_argument("--k", type=_positive_int, default=100, help="hits retrieved per query (default: 100)")
+    parser.add_argument("--k", type=positive_int, default=100, help="hits retrieved per query (default: 100)")
     parser.add_argument("--rerank", metavar="NAME_OR_CONFIG",
                         help=f"rerank with a registered reranker ({', '.join(known('reranker'))}) or a config file")
-    parser.add_argument("--rerank-depth", type=_positive_int, default=50, metavar="N",
+    parser.add_argument("--rerank-depth", type=positive_int, default=50, metavar="N",
                         help="hits per query handed to the reranker (default: 50)")
     parser.add_argument("--filter", metavar="NAME[,NAME...]",
                         help=f"filters to chain, in order ({', '.join(known('filter'))}) or config files")
@@ -307,24 +291,6 @@ def add_retrieval_parser(commands: "argparse._SubParsersAction[argparse.Argument
                              "first.model=qwen2.5-1.5b (VALUE read as YAML; repeatable)")
     parser.set_defaults(func=retrieval_command)
     return parser
-
-
-def parse_settings(settings: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """``["first.model=qwen2.5-1.5b", "threshold.min_score=12"]`` -> ``{"first": {"model": ...}, ...}``."""
-    import yaml
-
-    parsed: dict[str, dict[str, Any]] = {}
-    for item in settings:
-        target, eq, value = item.partition("=")
-        name, dot, key = target.rpartition(".")
-        if not eq or not dot or not name or not key:
-            raise InputError(f"--set {item!r}: expected NAME.KEY=VALUE, e.g. calibrated.path=filter.json")
-        try:
-            parsed.setdefault(name, {})[key] = yaml.safe_load(value) if value else ""
-        except yaml.YAMLError as exc:  # not a ValueError: say which --set it was
-            problem = " ".join(str(exc).split())
-            raise InputError(f"--set {item!r}: VALUE is not valid YAML ({problem})") from None
-    return parsed
 
 
 @exit_codes
@@ -340,78 +306,3 @@ def retrieval_command(args: argparse.Namespace) -> int:
     print(format_result(result))
     print(json.dumps(result), flush=True)
     return 0
-
-
-# -- specrag fit-filter ----------------------------------------------------------------------------
-
-
-def fit_filter(data_dir: str | Path, index_spec: "str | Path | Mapping[str, Any] | Component", out: str | Path,
-               split: str = "train", depth: int = 20, limit: int | None = None) -> dict[str, Any]:
-    """Fit a calibrated relevance filter (:mod:`rag.calibration`) for an index on a split's qrels and save it.
-
-    The whole corpus is indexed; ``limit`` keeps only the first ``limit`` training queries. Returns the
-    saved parameters (their ``train`` entry holds the fit's kept-set F1 and the best raw-score threshold).
-    """
-    from rag.calibration import fit_calibration, save_calibration
-
-    dataset = select_queries(load_beir(data_dir, split), limit, full_corpus=True)
-    index = load_index_spec(index_spec)
-    query_ids, hits, _ = retrieve_dataset(dataset, index, depth)
-    scores, labels, n_relevant = [], [], []
-    for qid, query_hits in zip(query_ids, hits):
-        relevant = {d for d, grade in dataset.qrels[qid].items() if grade > 0}
-        scores.append([h.score for h in query_hits])
-        labels.append([h.chunk.doc_id in relevant for h in query_hits])
-        n_relevant.append(len(relevant))
-    sources = {h.source for query_hits in hits for h in query_hits}
-    if len(sources) != 1:
-        raise InputError(f"fit-filter: index {index.to_config()['type']!r} returned hits from sources {sorted(sources)}")
-    params = fit_calibration(scores, labels, n_relevant, retriever=index.to_config(), source=sources.pop(),
-                             depth=depth)
-    params["train"].update({"dataset": dataset.name, "split": split})
-    save_calibration(params, out)
-    return params
-
-
-def add_fit_filter_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> argparse.ArgumentParser:
-    """Register ``specrag fit-filter``."""
-    parser = subparsers.add_parser(
-        "fit-filter",
-        help="fit a calibrated relevance filter for an index on labelled data",
-        description=(
-            "Search a split's queries with an index over the whole corpus, fit the calibrated relevance\n"
-            "filter on the qrels, and save it as a JSON file (use it with --filter calibrated\n"
-            "--set calibrated.path=FILE, or {type: calibrated, params: {path: FILE}} in a pipeline)."
-        ),
-        epilog="example:\n  specrag fit-filter --data ../shared/data/scifact --split train --index bm25 --out bm25.json",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--data", required=True, metavar="DIR", help="data set folder in the BEIR layout")
-    parser.add_argument("--split", default="train", help="qrels split to fit on (default: train)")
-    parser.add_argument("--index", required=True, metavar="NAME_OR_CONFIG", help="a registered index or a config file")
-    parser.add_argument("--out", required=True, metavar="PATH", help="where to write the filter (JSON)")
-    parser.add_argument("--depth", type=_positive_int, default=20, help="hits per query the filter sees (default: 20)")
-    parser.add_argument("--limit", type=_positive_int, metavar="N", help="fit on the first N queries only")
-    parser.set_defaults(func=fit_filter_command)
-    return parser
-
-
-@exit_codes
-def fit_filter_command(args: argparse.Namespace) -> int:
-    """``specrag fit-filter``; an error is one line and exit code 2, see :func:`rag.cli.run_command`."""
-    params = fit_filter(args.data, args.index, args.out, split=args.split, depth=args.depth, limit=args.limit)
-    train = params["train"]
-    print(f"{args.out}: calibrated filter for {params['retriever']['type']} (source {params['source']!r}), "
-          f"{train['queries']} {train['split']} queries, depth {params['depth']}")
-    print(f"  train kept F1 {train['kept_f1']:.4f} at relevance >= {params['threshold']:.4f}; "
-          f"best raw-score threshold {train['raw_threshold']:.4f} gives {train['raw_kept_f1']:.4f}")
-    print(json.dumps({"out": str(args.out), "source": params["source"], "threshold": params["threshold"],
-                      **train}), flush=True)
-    return 0
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value

@@ -1,7 +1,12 @@
-"""One protocol per role. Components implement the one obvious method; the base classes add batching."""
+"""One protocol per role, and the base class a component of that role subclasses: it implements the one
+obvious method, and the base class adds batching, checks and the config round trip (:class:`~rag.registry.Component`).
+
+The index base, which also does persistence, is :class:`indexes.manifest.SavedIndex`; the compressor base,
+which also counts tokens, is :class:`compressors.base.BaseCompressor`."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Iterable, Iterator, Protocol, Sequence, runtime_checkable
 
@@ -81,6 +86,62 @@ class Generator(Protocol):
     def stream(self, query: str, context: Context) -> Iterator[str]: ...
 
 
+def check_hits(stage: str, query: str, hits: Sequence[Hit]) -> list[Hit]:
+    """``hits`` as a list, after checking every score is a finite number; errors name query and chunk."""
+    hits = list(hits)
+    for position, hit in enumerate(hits):
+        if not isinstance(hit, Hit):
+            raise InputError(f"{stage}: query {query!r}: item {position} is a {type(hit).__name__}, not a Hit")
+        score = hit.score
+        if not isinstance(score, (int, float)) or not math.isfinite(score):
+            raise InputError(
+                f"{stage}: query {query!r}: hit {position} (chunk {hit.chunk.id!r}) has score {score!r}; "
+                "scores must be finite numbers"
+            )
+    return hits
+
+
+def rank_by(hits: Sequence[Hit], scores: Sequence[float], source: str) -> list[Hit]:
+    """Hits rescored with ``scores``, best first; equal scores keep their input order (a stable sort)."""
+    order = sorted(range(len(hits)), key=lambda i: -scores[i])
+    return [Hit(chunk=hits[i].chunk, score=float(scores[i]), source=source) for i in order]
+
+
+class BaseReranker(Component):
+    """Rerankers implement :meth:`score` (one float per hit); ranking, ``k`` and checks come from here."""
+
+    role = "reranker"
+    name: str = ""
+
+    def score(self, query: str, hits: list[Hit]) -> list[float]:
+        raise NotImplementedError
+
+    def rerank(self, query: str, hits: list[Hit], k: int) -> list[Hit]:
+        """The best ``k`` of ``hits`` by this reranker's score (fewer if fewer hits are given)."""
+        if k < 1:
+            raise InputError(f"{self.name} reranker: k must be at least 1, got {k}")
+        hits = check_hits(f"{self.name} reranker", query, hits)
+        if not hits:
+            return []
+        scores = self.score(query, hits)
+        if len(scores) != len(hits):
+            raise RuntimeError(f"{self.name} reranker: got {len(scores)} scores for {len(hits)} hits")
+        for hit, value in zip(hits, scores):
+            if not math.isfinite(value):
+                raise InputError(f"{self.name} reranker: query {query!r}: chunk {hit.chunk.id!r} scored {value}")
+        return rank_by(hits, scores, self.name)[:k]
+
+    def rerank_many(self, queries: str | Sequence[str], hits: Sequence[list[Hit]], k: int) -> list[list[Hit]]:
+        """:meth:`rerank` for a batch of queries, one list of hits each (one str is a batch of one query)."""
+        queries = text_batch(queries, f"{self.name} reranker")
+        if len(queries) != len(hits):
+            raise InputError(f"{self.name} reranker: {len(queries)} queries but {len(hits)} hit lists")
+        return [self.rerank(q, h, k) for q, h in zip(queries, hits)]
+
+    def __call__(self, query: str, hits: list[Hit], k: int) -> list[Hit]:
+        return self.rerank(query, hits, k)
+
+
 class BaseChunker(Component):
     """Chunkers implement :meth:`chunk`; ``chunk_many`` and ``__call__`` come from here."""
 
@@ -101,3 +162,35 @@ class BaseFilter(Component):
 
     def filter(self, query: str, hits: list[Hit]) -> list[Hit]:
         raise NotImplementedError
+
+
+class BaseGenerator(Component):
+    """Generators implement :meth:`generate` (an :class:`~rag.types.Answer` with its citations); :meth:`stream`
+    comes from here (the whole answer as one piece) unless the generator can do better."""
+
+    role = "generator"
+
+    def generate(self, query: str, context: Context) -> Answer:
+        raise NotImplementedError
+
+    def stream(self, query: str, context: Context) -> Iterator[str]:
+        yield self.generate(query, context).text
+
+
+# The protocol a built component of each role must satisfy (checked by :func:`rag.registry.build`).
+ROLE_PROTOCOLS: dict[str, type] = {
+    "chunker": Chunker,
+    "index": Index,
+    "reranker": Reranker,
+    "filter": Filter,
+    "compressor": Compressor,
+    "generator": Generator,
+}
+
+
+def missing_methods(role: str, component: object) -> list[str]:
+    """The methods of ``role``'s protocol that ``component`` lacks (empty when it satisfies the protocol)."""
+    protocol = ROLE_PROTOCOLS[role]
+    names = [name for name in vars(protocol) if not name.startswith("_") or name == "__len__"]
+    return [name for name in names if callable(getattr(protocol, name, None))
+            and not callable(getattr(component, name, None))]

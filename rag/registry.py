@@ -15,11 +15,12 @@ user's component builds by name in a Ray worker or a fresh process as well. Buil
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import inspect
 import warnings
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from rag.errors import InputError, UnknownComponentError
 
@@ -49,18 +50,18 @@ _REGISTRY: dict[str, dict[str, str]] = {
     },
     "reranker": {
         "maxsim": "indexes.late.reranker:MaxSimReranker",
-        "cross-encoder": "rag.rerank:CrossEncoderReranker",
-        "llm-pointwise": "rag.rerank:LLMPointwiseReranker",
-        "first": "rag.rerank:FirstReranker",
+        "cross-encoder": "ranking.rerankers:CrossEncoderReranker",
+        "llm-pointwise": "ranking.rerankers:LLMPointwiseReranker",
+        "first": "ranking.rerankers:FirstReranker",
     },
     "filter": {
-        "top-k": "rag.filters:TopKFilter",
-        "topk": "rag.filters:TopKFilter",
-        "threshold": "rag.filters:ThresholdFilter",
-        "score-drop": "rag.filters:ScoreDropFilter",
-        "calibrated": "rag.calibration:CalibratedFilter",
-        "mmr": "rag.filters:MMRFilter",
-        "reorder": "rag.filters:ReorderFilter",
+        "top-k": "ranking.filters:TopKFilter",
+        "topk": "ranking.filters:TopKFilter",
+        "threshold": "ranking.filters:ThresholdFilter",
+        "score-drop": "ranking.filters:ScoreDropFilter",
+        "calibrated": "ranking.calibrated:CalibratedFilter",
+        "mmr": "ranking.filters:MMRFilter",
+        "reorder": "ranking.filters:ReorderFilter",
     },
     "compressor": {
         "extractive": "compressors.extractive:ExtractiveCompressor",
@@ -135,6 +136,22 @@ def register(role: str, name: str, target: str) -> None:
     _REGISTRY[role][name] = target
 
 
+@contextlib.contextmanager
+def registered(role: str, name: str, target: str) -> Iterator[None]:
+    """:func:`register` for the length of a ``with`` block (tests, notebooks): the name is gone afterwards,
+    or back to what it was, so nothing a test registers leaks into the next."""
+    _check_role(role)
+    before = _REGISTRY[role].get(name)
+    register(role, name, target)
+    try:
+        yield
+    finally:
+        if before is None:
+            _REGISTRY[role].pop(name, None)
+        else:
+            _REGISTRY[role][name] = before
+
+
 def known(role: str) -> list[str]:
     """The names registered for ``role``, sorted."""
     _check_role(role)
@@ -188,9 +205,16 @@ def build(role: str, spec: "str | Mapping[str, Any] | Component") -> Any:
         raise InputError(f"{role} {spec['type']!r} does not take {wrong}; it takes {sorted(accepted)}")
     check_param_types(cls, params, f"{role} {spec['type']!r}")
     try:
-        return cls(**params)
+        component = cls(**params)
     except TypeError as exc:  # a value of a type the annotations let through but the constructor cannot use
         raise InputError(f"{role} {spec['type']!r}: {exc}") from None
+    from rag.protocols import missing_methods  # rag.protocols imports this module
+
+    missing = missing_methods(role, component)
+    if missing:
+        raise InputError(f"{role} {spec['type']!r} ({_REGISTRY[role][name]}) does not implement {missing}, "
+                         f"which every {role} has; subclass the {role} base class (docs/architecture.md)")
+    return component
 
 
 def check_param_types(cls: type, params: Mapping[str, Any], owner: str) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("rag", "chunkers", "indexes", "compressors", "eval", "bench")
+PACKAGES = ("rag", "chunkers", "indexes", "ranking", "compressors", "eval", "bench")
 # Left out of pyproject.toml on purpose: the CPU wheel is installed first, pinned (see the Makefile).
 UNDECLARED_ON_PURPOSE = {"torch"}
 

@@ -1,10 +1,10 @@
-"""The comparison used between code paths (tests/ranking.py) tolerates float noise and nothing more."""
+"""The comparison used between code paths (tests/same_ranking.py) tolerates float noise and nothing more."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.ranking import assert_same_ranking
+from tests.same_ranking import assert_same_ranking
 
 EXPECTED = [[("a", 5.2579145), ("b", 5.1587849), ("c", 1.2081914)]]
 

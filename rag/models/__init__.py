@@ -20,8 +20,8 @@ from rag.models.store import (
     list_packs,
     pack_dir,
     pack_status,
-    resolve_model,
 )
+from rag.models.names import resolve_model
 
 __all__ = [
     "DEFAULT_PACKS",

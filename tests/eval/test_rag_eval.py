@@ -267,7 +267,7 @@ def test_set_changes_a_components_parameter_in_the_run_config(tiny_qa: Path, tin
         run_rag_eval(tiny_qa, config, tmp_path / "x", limit=1, progress=False, plots=False,
                      settings={"reranker": {"model": "m"}})
     with pytest.raises(InputError, match="expected NAME.KEY=VALUE"):
-        from eval.retrieval import parse_settings
+        from rag.cli.args import parse_settings
 
         parse_settings(["generator=1"])
     assert main(["eval", "rag", "--data", str(tiny_qa), "--limit", "1", "--set", "nothing.k=1",

@@ -13,10 +13,11 @@ import pytest
 
 from eval.beir import BeirDataset, load_beir
 from eval.metrics import evaluate_run, hits_to_run
-from eval.retrieval import add_eval_parser, load_index_spec, run_retrieval
+from eval.retrieval import load_index_spec, run_retrieval
+from rag.cli.eval import add_eval_parser
 from rag.errors import InputError
-from rag.registry import register
-from rag.rerank import BaseReranker
+from rag.protocols import BaseReranker
+from rag.registry import registered
 from rag.types import Chunk, Hit
 
 # Small enough for ~15 documents/s (SciFact abstracts fill MiniLM's 256 tokens) to keep this file near
@@ -223,7 +224,10 @@ class ReverseReranker(BaseReranker):
         return [float(i) for i in range(len(hits))]
 
 
-register("reranker", "test-reverse", "tests.eval.test_retrieval:ReverseReranker")
+@pytest.fixture(autouse=True)
+def _reverse_reranker():
+    with registered("reranker", "test-reverse", "tests.eval.test_retrieval:ReverseReranker"):
+        yield
 
 TOPICS = ["aspirin blood clotting", "solar panels energy", "whale migration ocean", "bread yeast baking",
           "volcano lava eruption", "chess opening strategy"]
@@ -268,7 +272,7 @@ def test_rerank_and_filter_stages_are_scored(topics: Path) -> None:
 
 
 def test_fit_filter_then_calibrated_filtering_and_refusal_of_another_index(topics: Path, tmp_path: Path) -> None:
-    from eval.retrieval import fit_filter
+    from eval.fit_filter import fit_filter
 
     out = tmp_path / "bm25s.json"
     params = fit_filter(topics, "bm25s", out, split="train", depth=3)

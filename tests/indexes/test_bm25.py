@@ -22,7 +22,7 @@ from rag.errors import FormatVersionError, InputError
 from rag.registry import build
 from rag.types import Chunk, Hit
 from tests.indexes.corpus import DOCS, QUERIES, ROOT, make_chunks, ranked
-from tests.ranking import assert_same_ranking
+from tests.same_ranking import assert_same_ranking
 
 # Lucene adds a document's per-term scores in an order that can depend on the segment layout (an index
 # built in steps, or rewritten after a delete, has other segments than one built in one go) and on the

@@ -23,7 +23,7 @@ from rag.errors import FormatVersionError, InputError
 from rag.registry import build
 from rag.types import Chunk
 from tests.indexes.corpus import DOCS, QUERIES, make_chunks, ranked
-from tests.ranking import assert_same_ranking
+from tests.same_ranking import assert_same_ranking
 
 @pytest.fixture(scope="module")
 def encoder() -> TokenEncoder:

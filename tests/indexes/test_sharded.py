@@ -31,7 +31,7 @@ from rag.registry import build, register  # noqa: E402
 from rag.types import Hit  # noqa: E402
 from tests.indexes.corpus import DOCS, QUERIES, make_chunks, ranked  # noqa: E402
 from tests.indexes.test_bm25 import LUCENE_SUM_ORDER  # noqa: E402
-from tests.ranking import assert_same_ranking  # noqa: E402
+from tests.same_ranking import assert_same_ranking  # noqa: E402
 
 
 class SlowIndex(BM25sIndex):

@@ -100,7 +100,7 @@ def test_text_batch() -> None:
 
 def test_encoders_take_one_str_as_one_text() -> None:
     from indexes.late import TokenEncoder
-    from indexes.splade import SpladeEncoder
+    from indexes.splade_encoder import SpladeEncoder
     from rag.encoders import SentenceEncoder
 
     dense = SentenceEncoder("minilm")
@@ -114,7 +114,7 @@ def test_encoders_take_one_str_as_one_text() -> None:
 
 def test_rerank_many_and_pipeline_take_one_str_as_one_query() -> None:
     from rag.pipeline import Pipeline
-    from rag.rerank import BaseReranker
+    from rag.protocols import BaseReranker
 
     class Length(BaseReranker):
         name = "length"

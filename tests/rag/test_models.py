@@ -25,7 +25,7 @@ import pytest
 
 from rag.errors import HashMismatchError, PackError
 from rag.models import PACKS, PackSpec, cache_dir, fetch, pack_dir, pack_status, resolve_model
-from rag.models.cli import add_models_parser
+from rag.cli.models import add_models_parser
 
 REAL_PACKS = ("minilm", "smollm2-135m")
 FAKE_DIST = "specrag_fakepack"

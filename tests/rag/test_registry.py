@@ -2,7 +2,7 @@ import pytest
 
 from rag import registry
 from rag.errors import InputError, UnknownComponentError
-from rag.filters import TopKFilter
+from ranking.filters import TopKFilter
 
 
 def test_unknown_name_lists_known_ones():
@@ -40,13 +40,47 @@ def test_component_config_round_trip_and_equality():
 
 
 def test_register_a_custom_component():
-    registry.register("filter", "my-top", "rag.filters:TopKFilter")
-    try:
+    with registry.registered("filter", "my-top", "ranking.filters:TopKFilter"):
         assert isinstance(registry.build("filter", "my-top"), TopKFilter)
-        with pytest.raises(InputError, match="package.module:Class"):
-            registry.register("filter", "bad", "rag.filters.TopKFilter")
-    finally:
-        registry._REGISTRY["filter"].pop("my-top")
+    assert "my-top" not in registry.known("filter")
+    with pytest.raises(InputError, match="package.module:Class"):
+        registry.register("filter", "bad", "ranking.filters.TopKFilter")
+
+
+class NotAFilter(registry.Component):
+    """Registered as a filter but without the role's method: build refuses it by name."""
+
+    role = "filter"
+
+    def keep(self, query, hits):
+        return hits
+
+
+def test_build_refuses_a_component_that_does_not_implement_its_role():
+    with registry.registered("filter", "not-a-filter", f"{__name__}:NotAFilter"):
+        with pytest.raises(InputError, match=r"filter 'not-a-filter' \(.*:NotAFilter\) does not implement \['filter'\]"):
+            registry.build("filter", "not-a-filter")
+
+
+@pytest.mark.parametrize("role", registry.ROLES)
+def test_every_registered_class_has_its_roles_methods(role):
+    """Checked on the classes, without building them (methods are there before any model loads)."""
+    from rag.protocols import missing_methods
+
+    for name in registry.known(role):
+        if name not in registry._PRESETS[role]:
+            assert not missing_methods(role, registry.resolve(role, name)), f"{role} {name!r}"
+
+
+def test_the_generator_base_streams_the_generated_answer():
+    from rag.protocols import BaseGenerator
+    from rag.types import Answer, Context
+
+    class Echo(BaseGenerator):
+        def generate(self, query, context):
+            return Answer(text=f"echo: {query}", citations=[], hits=[])
+
+    assert list(Echo().stream("q", Context(passages=()))) == ["echo: q"]
 
 
 def test_presets_build_their_base_with_params_and_round_trip():
@@ -120,14 +154,14 @@ def test_components_of_installed_packages_register_through_entry_points(tmp_path
     assert lines[1] == "TopKFilter"  # the built-in name wins
     warnings_ = "\n".join(lines[2:])
     assert "'filter.malformed'" in warnings_ and "specrag-plugin" in warnings_
-    assert "'filter.top-k'" in warnings_ and "already rag.filters:TopKFilter" in warnings_
+    assert "'filter.top-k'" in warnings_ and "already ranking.filters:TopKFilter" in warnings_
 
 
 def test_declared_params_give_the_constructor_config_equality_repr_and_checks():
     """A component that declares its params once (rag.registry.declared_params) gets its constructor, config
     round trip, equality, repr and the registry's type checks from the declaration; checks run in
     __post_init__; state that is not a param (init=False) stays out of the config."""
-    from rag.filters import MMRFilter, ScoreDropFilter
+    from ranking.filters import MMRFilter, ScoreDropFilter
 
     drop = ScoreDropFilter(max_drop=0.5, relative_to="range")
     assert drop.to_config() == {"type": "score-drop",

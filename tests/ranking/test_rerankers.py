@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from rag.errors import InputError
+from rag.protocols import BaseReranker, rank_by
 from rag.registry import build
-from rag.rerank import BaseReranker, CrossEncoderReranker, FirstReranker, LLMPointwiseReranker, rank_by
 from rag.types import Chunk, Hit
-from tests.ranking import assert_same_ranking
+from ranking.rerankers import CrossEncoderReranker, FirstReranker, LLMPointwiseReranker
+from tests.same_ranking import assert_same_ranking
 
 
 def hit(n: int, score: float = 1.0, text: str | None = None, source: str = "bm25") -> Hit:

@@ -1,6 +1,6 @@
 """Rerankers: rescore a query's hits with a stronger (slower) model and keep the best ``k``.
 
-Three offline-capable kinds besides MaxSim (``indexes.late:MaxSimReranker``):
+Three offline-capable kinds besides MaxSim (``indexes.late.reranker:MaxSimReranker``):
 
 - ``cross-encoder``: a sentence-transformers ``CrossEncoder`` checkpoint (local path or hub id); none
   ships offline, so bring your own;
@@ -11,7 +11,7 @@ Three offline-capable kinds besides MaxSim (``indexes.late:MaxSimReranker``):
   ranked by the logits of the first token the model would generate, one forward pass per window (no
   generation loop). Longer lists are ranked with a sliding window from the bottom up (RankGPT style).
 
-    >>> from rag.rerank import LLMPointwiseReranker
+    >>> from ranking.rerankers import LLMPointwiseReranker
     >>> reranker = LLMPointwiseReranker()                  # cheap: the model loads on first use
     >>> reranker.rerank("what thins blood?", hits, k=5)    # doctest: +SKIP
 
@@ -28,67 +28,11 @@ from dataclasses import field
 from typing import Any, Sequence
 
 from rag.errors import InputError
-from rag.protocols import text_batch
+from rag.protocols import BaseReranker, rank_by
 from rag.registry import Component, declared_params
 from rag.types import Hit
 
 IDENTIFIERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-
-
-def check_hits(stage: str, query: str, hits: Sequence[Hit]) -> list[Hit]:
-    """``hits`` as a list, after checking every score is a finite number; errors name query and chunk."""
-    hits = list(hits)
-    for position, hit in enumerate(hits):
-        if not isinstance(hit, Hit):
-            raise InputError(f"{stage}: query {query!r}: item {position} is a {type(hit).__name__}, not a Hit")
-        score = hit.score
-        if not isinstance(score, (int, float)) or not math.isfinite(score):
-            raise InputError(
-                f"{stage}: query {query!r}: hit {position} (chunk {hit.chunk.id!r}) has score {score!r}; "
-                "scores must be finite numbers"
-            )
-    return hits
-
-
-def rank_by(hits: Sequence[Hit], scores: Sequence[float], source: str) -> list[Hit]:
-    """Hits rescored with ``scores``, best first; equal scores keep their input order (a stable sort)."""
-    order = sorted(range(len(hits)), key=lambda i: -scores[i])
-    return [Hit(chunk=hits[i].chunk, score=float(scores[i]), source=source) for i in order]
-
-
-class BaseReranker(Component):
-    """Rerankers implement :meth:`score` (one float per hit); ranking, ``k`` and checks come from here."""
-
-    role = "reranker"
-    name: str = ""
-
-    def score(self, query: str, hits: list[Hit]) -> list[float]:
-        raise NotImplementedError
-
-    def rerank(self, query: str, hits: list[Hit], k: int) -> list[Hit]:
-        """The best ``k`` of ``hits`` by this reranker's score (fewer if fewer hits are given)."""
-        if k < 1:
-            raise InputError(f"{self.name} reranker: k must be at least 1, got {k}")
-        hits = check_hits(f"{self.name} reranker", query, hits)
-        if not hits:
-            return []
-        scores = self.score(query, hits)
-        if len(scores) != len(hits):
-            raise RuntimeError(f"{self.name} reranker: got {len(scores)} scores for {len(hits)} hits")
-        for hit, value in zip(hits, scores):
-            if not math.isfinite(value):
-                raise InputError(f"{self.name} reranker: query {query!r}: chunk {hit.chunk.id!r} scored {value}")
-        return rank_by(hits, scores, self.name)[:k]
-
-    def rerank_many(self, queries: str | Sequence[str], hits: Sequence[list[Hit]], k: int) -> list[list[Hit]]:
-        """:meth:`rerank` for a batch of queries, one list of hits each (one str is a batch of one query)."""
-        queries = text_batch(queries, f"{self.name} reranker")
-        if len(queries) != len(hits):
-            raise InputError(f"{self.name} reranker: {len(queries)} queries but {len(hits)} hit lists")
-        return [self.rerank(q, h, k) for q, h in zip(queries, hits)]
-
-    def __call__(self, query: str, hits: list[Hit], k: int) -> list[Hit]:
-        return self.rerank(query, hits, k)
 
 
 def passage_text(hit: Hit) -> str:

@@ -1,4 +1,4 @@
-"""The command line, run in-process through rag.cli.main with real components."""
+"""The command line (demo, index, ask and the command list), run in-process through rag.cli.main with real components."""
 
 import json
 

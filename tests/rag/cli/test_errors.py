@@ -16,7 +16,7 @@ import pytest
 from rag.cli import main
 from rag.errors import InputError
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
@@ -177,7 +177,7 @@ def test_dependency_errors_are_one_line(
     def fail() -> None:
         raise error
 
-    monkeypatch.setattr("rag.models.cli.list_packs", fail)
+    monkeypatch.setattr("rag.cli.models.list_packs", fail)
     assert main(["models", "list"]) == 2
     assert one_error_line(capsys) == f"specrag: error: {line}"
 
@@ -194,7 +194,7 @@ def test_a_bug_keeps_its_traceback_and_exits_1(monkeypatch: pytest.MonkeyPatch, 
     def bug() -> None:
         raise TypeError("unsupported operand type(s) for +: 'int' and 'str'")
 
-    monkeypatch.setattr("rag.models.cli.list_packs", bug)
+    monkeypatch.setattr("rag.cli.models.list_packs", bug)
     assert main(["models", "list"]) == 1
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err and "TypeError: unsupported operand" in err
@@ -207,7 +207,7 @@ def test_interrupt_exits_130(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Cap
     def interrupted() -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("rag.models.cli.list_packs", interrupted)
+    monkeypatch.setattr("rag.cli.models.list_packs", interrupted)
     try:
         code = main(["models", "list"])
     except KeyboardInterrupt:  # would stop the whole pytest session

@@ -14,7 +14,7 @@ Fit with ``specrag fit-filter --data DIR --split train --index NAME --out PATH``
 JSON file (format version 1, no pickle) that records the retriever's config, and the filter refuses hits
 from any other retriever:
 
-    >>> from rag.filters import ThresholdFilter
+    >>> from ranking.filters import ThresholdFilter
     >>> from rag.registry import build
     >>> f = build("filter", {"type": "calibrated", "params": {"path": "bm25-scifact.json"}})  # doctest: +SKIP
     >>> f.filter("what thins blood?", hits)                                                  # doctest: +SKIP
@@ -32,9 +32,8 @@ import numpy as np
 
 from rag.errors import FormatVersionError, InputError
 from rag.lazy import require
-from rag.protocols import BaseFilter
+from rag.protocols import BaseFilter, check_hits
 from rag.registry import declared_params
-from rag.rerank import check_hits
 from rag.types import Hit
 
 FORMAT = "specrag-calibrated-filter"

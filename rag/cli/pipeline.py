@@ -1,126 +1,20 @@
-"""The ``specrag`` command line. ``specrag --help`` lists the commands; each has its own ``--help``."""
+"""``specrag demo``, ``specrag index`` and ``specrag ask``: the commands that build and question a pipeline."""
 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
-import os
 import sys
 import time
-import traceback
 from pathlib import Path
-from typing import Callable, Sequence
-
-from rag.errors import InputError, SpecragError
+from typing import Any
 
 DEMO_QUESTION = "How do I cache the results of an expensive function?"
 DEMO_DIR = Path(".specrag") / "demo-stdlib"
 
 
-THREADS_ENV = "SPECRAG_THREADS"
-
-# Failures a user causes and can fix: our own errors on bad input, a path that is missing, unreadable or of
-# the wrong kind (OSError), and a value a dependency refuses (ValueError, which includes UnicodeDecodeError,
-# json's and pydantic's errors). Each is one line on stderr and exit code 2, like an argparse usage error.
-USER_ERRORS = (SpecragError, OSError, ValueError)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``specrag`` command line on ``argv``; returns the exit code.
-
-    0: done; 2: a usage error or a failure the user can fix (printed as one ``specrag: error:`` line);
-    1: a bug in specrag (traceback printed); 130: interrupted. ``--debug`` lets every exception through
-    with its full traceback instead.
-    """
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not hasattr(args, "func"):
-        parser.print_help()
-        return 2
-
-    def command(args: argparse.Namespace) -> int:
-        _set_threads(args.threads)  # inside, so that a bad $SPECRAG_THREADS is one line too
-        return int(args.func(args))
-
-    return run_command(command, args, debug=args.debug)
-
-
-def run_command(
-    command: Callable[[argparse.Namespace], int], args: argparse.Namespace, debug: bool | None = None
-) -> int:
-    """``command(args)``'s exit code, with every error turned into the exit codes :func:`main` documents.
-
-    The one place the command line handles errors. ``debug=None`` reads ``args.debug`` (absent: off).
-    """
-    if debug is None:
-        debug = bool(getattr(args, "debug", False))
-    try:
-        return int(command(args))
-    except KeyboardInterrupt:
-        if debug:
-            raise
-        print("specrag: interrupted", file=sys.stderr)
-        return 130
-    except USER_ERRORS as exc:
-        if debug:
-            raise
-        print(f"specrag: error: {error_line(exc)}", file=sys.stderr)
-        return 2
-    except Exception as exc:
-        # Anything else (TypeError, AttributeError, KeyError, RuntimeError, ...) is a bug in specrag or in a
-        # dependency, not something the user's input can fix: keep the traceback, which a bug report needs,
-        # rather than a one-liner that would make them rerun (maybe an hour-long eval) with --debug.
-        if debug:
-            raise
-        traceback.print_exc()
-        print(f"specrag: internal error ({type(exc).__name__}); this is a bug: please report it with the "
-              "traceback above", file=sys.stderr)
-        return 1
-
-
-def exit_codes(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Decorate a command function so that calling it directly (``args.func(args)``, as scripts, tests and
-    ``python -m eval.chunking`` do) gives :func:`main`'s exit codes and error lines too, through
-    :func:`run_command`; under :func:`main` an error is handled once, by the innermost call."""
-
-    @functools.wraps(command)
-    def wrapped(args: argparse.Namespace) -> int:
-        return run_command(command, args)
-
-    return wrapped
-
-
-def error_line(exc: BaseException) -> str:
-    """``exc`` as one line that names what is wrong: ``path: strerror`` for a file error, else its message."""
-    if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
-        text = f"{_path_text(exc.filename)}: {exc.strerror}"
-        if exc.filename2 is not None:
-            text += f" (and {_path_text(exc.filename2)})"
-    else:
-        text = str(exc).strip() or type(exc).__name__
-        if not isinstance(exc, SpecragError):  # a dependency's message: say whose kind of error it is
-            text = f"{type(exc).__name__}: {text}"
-    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
-
-
-def _path_text(name: object) -> str:
-    return os.fsdecode(name) if isinstance(name, bytes) else str(name)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="specrag",
-        description="Retrieval-augmented generation on a CPU: index documents, ask questions with cited "
-        "answers, evaluate retrieval, manage the offline model packs.",
-        epilog="Start with: specrag demo   (indexes the standard library's docstrings and answers a question)",
-    )
-    parser.add_argument("--threads", type=_thread_count, default=None,
-                        help=f"torch threads (default: ${THREADS_ENV} if set, else all cores)")
-    parser.add_argument("--debug", action="store_true",
-                        help="on an error, show the full traceback instead of one line (give it before COMMAND)")
-    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
-
+def add_pipeline_parsers(sub: Any) -> None:
+    """Register ``demo``, ``index`` and ``ask`` on the top-level ``specrag`` subparsers."""
     demo = sub.add_parser("demo", help="index the Python standard library's docs and answer a question")
     demo.add_argument("question", nargs="?", default=DEMO_QUESTION, help=f"default: {DEMO_QUESTION!r}")
     demo.add_argument("--dir", type=Path, default=DEMO_DIR, help=f"where the demo index lives (default {DEMO_DIR})")
@@ -151,42 +45,6 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--max-new-tokens", type=int, default=None, help="cap on generated tokens")
     ask.add_argument("--json", action="store_true", help="print the answer as one JSON object instead of streaming")
     ask.set_defaults(func=cmd_ask)
-
-    from rag.commands import COMMANDS, add_all
-
-    add_all(sub, COMMANDS)
-    return parser
-
-
-def _thread_count(text: str) -> int:
-    """A ``--threads`` value: a whole number of at least 1 (argparse turns the error into a usage line)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number of threads, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected at least 1 thread, got {value}")
-    return value
-
-
-def threads_from_env() -> int | None:
-    """``$SPECRAG_THREADS`` as a thread count; ``None`` when unset or empty. A bad value is an InputError."""
-    raw = os.environ.get(THREADS_ENV, "").strip()
-    if not raw:
-        return None
-    try:
-        return _thread_count(raw)
-    except argparse.ArgumentTypeError as exc:
-        raise InputError(f"{THREADS_ENV}={os.environ[THREADS_ENV]!r}: {exc} (e.g. {THREADS_ENV}=4)") from None
-
-
-def _set_threads(threads: int | None) -> None:
-    if threads is None:
-        threads = threads_from_env()
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
 
 
 def _load_documents(corpus: str) -> list:
@@ -291,7 +149,3 @@ def cmd_demo(args: argparse.Namespace) -> int:
         pipeline = Pipeline.load(args.dir)
     print(f"index ready in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     return answer_question(pipeline, args.question)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

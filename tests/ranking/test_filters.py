@@ -10,7 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rag.calibration import (
+from rag.errors import FormatVersionError, InputError
+from rag.registry import build, known
+from rag.types import Chunk, Hit
+from ranking.calibrated import (
     FORMAT_VERSION,
     CalibratedFilter,
     best_threshold,
@@ -19,10 +22,7 @@ from rag.calibration import (
     save_calibration,
     score_features,
 )
-from rag.errors import FormatVersionError, InputError
-from rag.filters import MMRFilter, ReorderFilter, ScoreDropFilter, ThresholdFilter, TopKFilter
-from rag.registry import build, known
-from rag.types import Chunk, Hit
+from ranking.filters import MMRFilter, ReorderFilter, ScoreDropFilter, ThresholdFilter, TopKFilter
 
 
 def hit(n: int, score: float, source: str = "bm25", text: str | None = None) -> Hit:

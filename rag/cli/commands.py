@@ -2,7 +2,8 @@
 
 Each function takes an ``argparse`` subparsers object and adds one command (with its own subcommands if
 it has any). Listing paths rather than importing keeps ``rag.cli`` free of heavy imports and lets each
-package own its commands: add a line here to add a command.
+package own its commands (the ``eval`` commands live with the evaluation code they run, ``bench`` with the
+benchmarks): add a line here to add a command.
 """
 
 from __future__ import annotations
@@ -10,12 +11,12 @@ from __future__ import annotations
 import importlib
 from typing import Any, Callable
 
-# Top-level ``specrag`` commands (besides demo / index / ask, which live in rag.cli).
+# Top-level ``specrag`` commands (besides demo / index / ask: rag.cli.pipeline).
 COMMANDS: list[str] = [
-    "eval.retrieval:add_eval_parser",
-    "rag.models.cli:add_models_parser",
+    "rag.cli.eval:add_eval_parser",
+    "rag.cli.models:add_models_parser",
     "bench.generate:add_bench_parser",
-    "eval.retrieval:add_fit_filter_parser",
+    "eval.fit_filter:add_fit_filter_parser",
     "eval.data_info:add_data_parser",
 ]
 
