@@ -107,7 +107,7 @@ def make_encoder(kind: str, model: str, dtype: str) -> Any:
         from indexes.late import TokenEncoder
 
         return TokenEncoder(model, dtype=dtype, show_progress=False)
-    from indexes.splade import SpladeEncoder
+    from indexes.splade_encoder import SpladeEncoder
 
     return SpladeEncoder(model, dtype=dtype, show_progress=False)
 

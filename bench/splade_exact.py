@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.splade_exact --data ../shared/data/scifact [--limit N] [--out result.json]
 
 Encodes the corpus (one chunk per document, title + " " + text, as ``specrag eval retrieval --index splade``)
-and the queries once with :class:`indexes.splade.SpladeEncoder`, then scores three runs of the top 100
+and the queries once with :class:`indexes.splade_encoder.SpladeEncoder`, then scores three runs of the top 100
 documents per query (ties by document id):
 
 - ``exact``: scipy dot products of the unquantised float weights (the reference);
@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from indexes.splade import SpladeIndex, quantize
+    from indexes.splade import SpladeIndex
+    from indexes.splade_encoder import quantize
 
     dataset = load_beir(args.data, args.split)
     if args.limit is not None:

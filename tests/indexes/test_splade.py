@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from indexes.splade import SpladeEncoder, SpladeIndex, quantize
+from indexes.splade import SpladeIndex
+from indexes.splade_encoder import SpladeEncoder, quantize
 from rag.errors import FormatVersionError, InputError
 from rag.registry import build
 from rag.types import Chunk, Hit

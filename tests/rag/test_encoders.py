@@ -14,7 +14,7 @@ SHORT = "blood clots and platelets"
 
 def encoders():
     from indexes.late import TokenEncoder
-    from indexes.splade import SpladeEncoder
+    from indexes.splade_encoder import SpladeEncoder
     from rag.encoders import SentenceEncoder
 
     return {"dense": SentenceEncoder("minilm"), "late": TokenEncoder("minilm"), "splade": SpladeEncoder()}

@@ -91,7 +91,7 @@ def test_auto_resolves_to_a_measured_dtype_for_the_real_encoders() -> None:
     """dtype='auto' on MiniLM (dense and token vectors) and SPLADE: one of the two dtypes, kept in the config."""
     from indexes.dense import DenseIndex
     from indexes.late import TokenEncoder
-    from indexes.splade import SpladeEncoder
+    from indexes.splade_encoder import SpladeEncoder
     from rag.encoders import DTYPES
     from rag.registry import build
 

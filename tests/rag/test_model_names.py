@@ -53,7 +53,7 @@ def test_paths_and_hub_ids_still_pass(tmp_path: Path, monkeypatch: pytest.Monkey
 
 def test_components_refuse_a_mistyped_pack_before_loading_anything() -> None:
     from indexes.late import TokenEncoder
-    from indexes.splade import SpladeEncoder
+    from indexes.splade_encoder import SpladeEncoder
     from rag.encoders import SentenceEncoder
 
     with pytest.raises(PackError, match="did you mean 'minilm'"):
