@@ -27,7 +27,7 @@ count documents with at least one term. With ``lucene_lengths=False`` bm25s's ex
 the chunks are tokenized again on the first change. The cache holds a chunk's terms as an array of 4-byte
 ids into the index's own vocabulary, and with ``lucene_lengths`` the matrix is built here in NumPy from
 those arrays rather than by bm25s from lists of Python ints: indexing a 50 MB document (5.4 million
-terms) takes about 120 MB above its chunks instead of about 420 MB (``python -m eval.bench_memory``). Search scores every
+terms) takes about 120 MB above its chunks instead of about 420 MB (``python -m bench.memory``). Search scores every
 chunk with bm25s and keeps the ``k`` best with a score above zero, ties broken by chunk id (as Anserini
 breaks them).
 

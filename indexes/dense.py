@@ -79,7 +79,7 @@ KINDS: dict[str, FaissKind] = {
 MIN_PQ_TRAINING = 256
 # faiss's k-means warns below 39 training points per centroid; the default nlist respects it.
 POINTS_PER_CENTROID = 39
-# IVF-PQ defaults, chosen on SciFact's train queries by `python -m eval.bench_dense --split train --grid`
+# IVF-PQ defaults, chosen on SciFact's train queries by `python -m bench.dense --split train --grid`
 # (eval/results/dense.md): the smallest vectors, then the fewest lists probed, losing at most 0.01 nDCG@10
 # against exact search. PQ96 / nprobe 32, chosen earlier on the test queries, loses 0.032 on train.
 DEFAULT_NPROBE = 64
@@ -217,7 +217,7 @@ class DenseIndex(SavedIndex):
         tombstones = self._faiss.ntotal - len(self._chunks)
         scores, ids = self._faiss.search(vectors, min(k + tombstones, self._faiss.ntotal), params=self._search_params())
         # Hits are built with positional arguments and local names: at k=100 building them is most of
-        # what this layer adds to faiss (see eval/bench_dense.py).
+        # what this layer adds to faiss (see bench/dense.py).
         chunks, name, make = self._chunks, self.name, Hit
         if tombstones == 0:
             return [

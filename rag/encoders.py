@@ -96,7 +96,7 @@ def choose_dtype(kind: str, model: str, make: Callable[[str], Any], release: Cal
     the best time kept), cached as JSON under ``<specrag cache>/encoders/<machine key>/``. bfloat16 is chosen
     when it is at least :data:`AUTO_MIN_SPEEDUP` times faster (CPUs with AVX512-BF16 or AMX); on CPUs
     without BF16 support it is slower and float32 stays. ``release(dtype)`` drops the model not chosen. The
-    retrieval quality of bfloat16 is measured by ``python -m eval.bench_encoders`` (``eval/results/encoders.md``).
+    retrieval quality of bfloat16 is measured by ``python -m bench.encoders`` (``eval/results/encoders.md``).
     """
     import torch
 

@@ -23,7 +23,7 @@ KMEANS_POINTS_PER_CENTROID = 32
 def default_nlist(n_tokens: int, per_sqrt_token: float = CENTROIDS_PER_SQRT_TOKEN) -> int:
     """Centroids for ``n_tokens`` token vectors: the power of two nearest ``per_sqrt_token * sqrt(n_tokens)``
     (4 by default: 4,096 for SciFact's 1.23M tokens; PLAID uses about ``16 * sqrt``), at most ``n_tokens / 8``
-    (k-means needs several points per centroid), at least 1. ``eval/bench_late.py`` compares factors."""
+    (k-means needs several points per centroid), at least 1. ``bench/late.py`` compares factors."""
     if n_tokens <= 0:
         return 1
     target = 2 ** int(round(np.log2(max(per_sqrt_token * np.sqrt(n_tokens), 1.0))))

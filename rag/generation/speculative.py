@@ -83,7 +83,7 @@ class SpecStats(DecodeStats):
 # chance that its first token is accepted, and that each later token is, given the one before was. Acceptance
 # of such drafts is bimodal (the match was a coincidence and the first token fails, or a copy is under way
 # and most of the draft passes), so one per-token rate fits neither case. Measured with forced 15-token SAM
-# drafts on HotpotQA RAG prompts (python -m eval.draft_acceptance; eval/results/generate.md); the tracker
+# drafts on HotpotQA RAG prompts (python -m bench.draft_acceptance; eval/results/generate.md); the tracker
 # replaces them with what it sees.
 DEFAULT_FIRST_PRIORS: tuple[float, ...] = (0.2, 0.35, 0.5, 0.7, 0.8, 0.85)
 DEFAULT_CONTINUE_PRIOR = 0.85
