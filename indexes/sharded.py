@@ -61,7 +61,7 @@ from rag.errors import InputError, SpecragError
 from rag.io import atomic_directory
 from rag.lazy import require
 from rag.protocols import text_batch
-from rag.registry import Component, build
+from rag.registry import Component, build, declared_params
 from rag.types import Chunk, Hit
 
 FORMAT_VERSION = 1
@@ -166,6 +166,7 @@ def read_shard_manifest(directory: str | Path) -> dict[str, Any]:
     return manifest
 
 
+@declared_params
 class ShardedIndex(SavedIndex):
     """``shards`` indexes of kind ``shard`` (a registered name or ``{type, params}``), one Ray actor each.
 
@@ -182,29 +183,36 @@ class ShardedIndex(SavedIndex):
     manifest_kind = KIND
     manifest_version = FORMAT_VERSION
 
-    def __init__(
-        self,
-        shard: "str | Mapping[str, Any] | Component" = "dense",
-        shards: int = 4,
-        address: str | None = None,
-        timeout_s: float | None = 60.0,
-        allow_partial: bool = False,
-        cpus_per_shard: float = 0.25,
-        threads: int = 1,
-        start_timeout_s: float = 300.0,
-        statistics: str = "auto",
-        name: str = "sharded",
-    ) -> None:
+    # A shard spec in; after construction, the built shard index's config.
+    shard: str | Mapping[str, Any] | Component = "dense"
+    shards: int = 4
+    address: str | None = None
+    timeout_s: float | None = 60.0
+    allow_partial: bool = False
+    cpus_per_shard: float = 0.25
+    threads: int = 1
+    start_timeout_s: float = 300.0
+    statistics: str = "auto"
+    name: str = "sharded"
+    last_report: SearchReport | None = field(default=None, init=False)  # what the last search did
+    _supports_global: bool = field(default=False, init=False)  # set in __post_init__ from the shard kind
+    _target: str = field(default="", init=False)  # the shard class, "module:Class", set in __post_init__
+    _actors: list[Any] = field(default_factory=list, init=False)  # Ray actor handles; started on first use
+    # the directory each shard's actor loaded (None: started empty), set in __post_init__
+    _directories: list[str | None] = field(default_factory=list, init=False)
+
+    def __post_init__(self) -> None:
+        name, shards, timeout_s, statistics = self.name, self.shards, self.timeout_s, self.statistics
         if not isinstance(shards, int) or isinstance(shards, bool) or shards < 1:
             raise InputError(f"sharded index {name!r}: shards must be a positive integer, got {shards!r}")
         if timeout_s is not None and timeout_s <= 0:
             raise InputError(f"sharded index {name!r}: timeout_s must be positive or None, got {timeout_s!r}")
-        if cpus_per_shard < 0 or threads < 1 or start_timeout_s <= 0:
+        if self.cpus_per_shard < 0 or self.threads < 1 or self.start_timeout_s <= 0:
             raise InputError(
                 f"sharded index {name!r}: need cpus_per_shard >= 0, threads >= 1 and start_timeout_s > 0, got "
-                f"{cpus_per_shard}, {threads}, {start_timeout_s}"
+                f"{self.cpus_per_shard}, {self.threads}, {self.start_timeout_s}"
             )
-        template = build("index", shard)
+        template = build("index", self.shard)
         if isinstance(template, ShardedIndex):
             raise InputError(f"sharded index {name!r}: a shard cannot itself be a sharded index")
         for method in ("add", "search", "delete", "save", "load"):
@@ -217,18 +225,7 @@ class ShardedIndex(SavedIndex):
         self._supports_global = supports_global_statistics(template)
         self._target = component_target(template)
         self.shard = template.to_config()
-        self.shards = shards
-        self.address = address
-        self.timeout_s = timeout_s
-        self.allow_partial = allow_partial
-        self.cpus_per_shard = cpus_per_shard
-        self.threads = threads
-        self.start_timeout_s = start_timeout_s
-        self.statistics = statistics
-        self.name = name
-        self._actors: list[Any] = []
-        self._directories: list[str | None] = [None] * shards
-        self.last_report: SearchReport | None = None
+        self._directories = [None] * shards
 
     # -- the Index protocol ------------------------------------------------------------------------
 
