@@ -191,11 +191,7 @@ class BM25Index(SavedIndex):
                 f"{directory}: {CHUNKS} holds {len(chunks)} chunks ({expected} indexable), the manifest counts "
                 f"{manifest.get('count')} chunks and {manifest.get('lucene_documents')} Lucene documents; they must agree"
             )
-        lucene = LuceneDir.from_saved(directory / LUCENE) if expected else None
-        if lucene is not None and lucene.documents() != expected:
-            found = lucene.documents()
-            lucene.close()
-            raise InputError(f"{directory}/{LUCENE}: holds {found} documents, but {CHUNKS} has {expected} indexable chunks")
+        lucene = LuceneDir.open_saved(directory / LUCENE, expected, f"{CHUNKS} has {expected} indexable chunks")
         if self._lucene is not None:
             self._lucene.close()
         self._chunks, self._lucene = chunks, lucene

@@ -109,6 +109,20 @@ class LuceneDir:
             raise
         return cls(target)
 
+    @classmethod
+    def open_saved(cls, saved: Path, documents: int, expected: str) -> "LuceneDir | None":
+        """A working copy of the saved index ``saved``, checked to hold ``documents`` documents (``None`` when
+        that is 0: an index of no documents saves no Lucene folder); ``expected`` says in the error where the
+        count came from (``"the manifest records 12"``)."""
+        if not documents:
+            return None
+        lucene = cls.from_saved(saved)
+        found = lucene.documents()
+        if found != documents:
+            lucene.close()
+            raise InputError(f"{saved}: holds {found} documents, but {expected}")
+        return lucene
+
     def copy_to(self, destination: Path) -> list[str]:
         """Copy the committed index files (not the lock) into ``destination``; returns their names."""
         destination.mkdir(parents=True)

@@ -211,11 +211,7 @@ class SpladeIndex(SavedIndex):
                 f"{directory}: {CHUNKS} holds {len(chunks)} chunks, the manifest counts {manifest.get('count')} chunks "
                 f"and {documents} Lucene documents; they must agree"
             )
-        lucene = LuceneDir.from_saved(directory / LUCENE) if documents else None
-        if lucene is not None and lucene.documents() != documents:
-            found = lucene.documents()
-            lucene.close()
-            raise InputError(f"{directory}/{LUCENE}: holds {found} documents, the manifest records {documents}")
+        lucene = LuceneDir.open_saved(directory / LUCENE, documents, f"the manifest records {documents}")
         if self._lucene is not None:
             self._lucene.close()
         self._chunks, self._lucene, self._searcher = chunks, lucene, None
