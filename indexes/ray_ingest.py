@@ -37,12 +37,12 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from indexes.ray_workers import EXTRA, component_target, ensure_ray, set_worker_threads, worker_runtime_env
+from indexes.ray_workers import EXTRA, ensure_ray, set_worker_threads, worker_runtime_env
 from indexes.sharded import ShardedIndex, shard_directory, shard_of, write_shard_manifest
 from rag.errors import InputError, SpecragError
 from rag.io import atomic_directory
 from rag.lazy import require
-from rag.registry import build, register
+from rag.registry import PortableSpec, build
 from rag.types import Chunk, Document, StageRecord, Trace
 
 Spec = Any  # a registered name, a {"type", "params"} mapping, or a built component
@@ -79,9 +79,8 @@ def ingest(
         )
     template = build("index", index)
     chunker_component = build("chunker", chunker)
-    chunker_spec = chunker_component.to_config()
     sharded = ShardedIndex(shard=template, shards=shards, address=address, **dict(sharded_params or {}))
-    shard_spec, target = sharded.shard, component_target(template)
+    shard = PortableSpec.of("index", template)
     source = _check_corpus(corpus)
 
     ray = ensure_ray(address)
@@ -94,14 +93,14 @@ def ingest(
         # A few blocks per worker: enough to keep every worker chunking, few enough that the shuffle stays cheap.
         dataset = _read(data, source).repartition(2 * workers)
         chunked = dataset.map_batches(
-            _as_function(_ChunkBatch(chunker_spec, component_target(chunker_component), shards, _where(source), threads)),
+            _as_function(_ChunkBatch(PortableSpec.of("chunker", chunker_component), shards, _where(source), threads)),
             batch_size=read_batch,
             batch_format="numpy",
             num_cpus=cpus_per_worker,
             runtime_env=worker_runtime_env(),
         )
         built = chunked.groupby("shard", num_partitions=shards).map_groups(
-            _as_function(_ShardBuilder(shard_spec, target, str(staging), threads)),
+            _as_function(_ShardBuilder(shard, str(staging), threads)),
             batch_format="numpy",
             num_cpus=cpus_per_worker,
             concurrency=min(workers, shards),
@@ -118,7 +117,7 @@ def ingest(
         missing = [n for n in range(shards) if n not in stats]
         if missing:  # shards no document was routed to: still a valid (empty) index each
             empty = ray.remote(_save_empty).options(num_cpus=cpus_per_worker, runtime_env=worker_runtime_env())
-            ray.get([empty.remote(shard_spec, target, str(staging / shard_directory(n)), threads) for n in missing])
+            ray.get([empty.remote(shard, str(staging / shard_directory(n)), threads) for n in missing])
             for n in missing:
                 stats[n] = {"shard": n, "documents": 0, "chunks": 0, "seconds": 0.0}
         seconds = time.perf_counter() - started
@@ -132,8 +131,8 @@ def ingest(
         if documents == 0:
             raise InputError(f"{source if isinstance(source, Path) else 'ray ingest'}: the corpus is empty (no documents)")
         write_shard_manifest(
-            staging, sharded.to_config(), shard_spec, counts,
-            ingest={"documents": documents, "chunker": chunker_spec, "workers": workers, "threads": threads,
+            staging, sharded.to_config(), sharded.shard, counts,
+            ingest={"documents": documents, "chunker": chunker_component.to_config(), "workers": workers, "threads": threads,
                     "seconds": round(seconds, 3), "shards": per_shard},
         )
     trace = Trace()
@@ -246,15 +245,14 @@ def parse_document(line: str, where: str) -> Document | None:
 class _ChunkBatch:
     """``map_batches`` stage: corpus lines -> chunks (as JSON) tagged with their shard."""
 
-    def __init__(self, spec: Mapping[str, Any], target: str, shards: int, path: str | None, threads: int) -> None:
-        self.spec, self.target, self.shards, self.path, self.threads = dict(spec), target, shards, path, threads
+    def __init__(self, chunker: PortableSpec, shards: int, path: str | None, threads: int) -> None:
+        self.chunker, self.shards, self.path, self.threads = chunker, shards, path, threads
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         import numpy as np
 
         set_worker_threads(self.threads)
-        register("chunker", self.spec["type"], self.target)
-        chunker = build("chunker", self.spec)
+        chunker = self.chunker.build()
         where = self.path or "documents"
         docs = [d for d in (parse_document(str(line), where) for line in batch["text"]) if d is not None]
         shards, chunks, doc_ids = [], [], []
@@ -274,8 +272,8 @@ class _ChunkBatch:
 class _ShardBuilder:
     """``map_groups`` stage: all chunks of one shard -> a saved index in ``root/shard-NNNN``."""
 
-    def __init__(self, spec: Mapping[str, Any], target: str, root: str, threads: int) -> None:
-        self.spec, self.target, self.root, self.threads = dict(spec), target, root, threads
+    def __init__(self, shard: PortableSpec, root: str, threads: int) -> None:
+        self.shard, self.root, self.threads = shard, root, threads
 
     def __call__(self, group: dict[str, Any]) -> dict[str, Any]:
         import numpy as np
@@ -286,8 +284,7 @@ class _ShardBuilder:
         chunks = [Chunk.from_dict(json.loads(text)) for text in group["chunk"]]
         chunks.sort(key=lambda c: (c.doc_id, c.start, c.id))  # group order is not deterministic; this is
         _check_unique(chunks, number)
-        register("index", self.spec["type"], self.target)
-        index = build("index", self.spec)
+        index = self.shard.build()
         warm_up = getattr(index, "warm_up", None)
         if callable(warm_up):
             warm_up()
@@ -340,8 +337,7 @@ def _check_unique(chunks: list[Chunk], number: int) -> None:
         seen[chunk.id] = chunk.doc_id
 
 
-def _save_empty(spec: Mapping[str, Any], target: str, directory: str, threads: int) -> int:
+def _save_empty(shard: PortableSpec, directory: str, threads: int) -> int:
     set_worker_threads(threads)
-    register("index", spec["type"], target)
-    build("index", dict(spec)).save(directory)
+    shard.build().save(directory)
     return 0

@@ -5,8 +5,6 @@ the shard actor.
   Lucene index in the same process survives Ray;
 - :func:`worker_runtime_env` carries specrag's environment settings (:data:`WORKER_ENV`) to workers on other
   nodes, and :func:`set_worker_threads` fixes torch's and faiss's threads inside a worker;
-- :func:`component_target` is the ``module:Class`` a worker registers a component under, so that it builds the
-  same class as the driver;
 - :class:`ShardServer` is the actor behind each shard of :class:`indexes.sharded.ShardedIndex`.
 
 Ray is an optional extra (``pip install 'specrag[ray]'``); importing this module does not import it.
@@ -21,7 +19,7 @@ from typing import Any, Mapping
 
 from indexes.global_bm25 import global_scorer
 from rag.lazy import require
-from rag.registry import Component, build, register
+from rag.registry import PortableSpec
 from rag.types import Chunk, Hit
 
 EXTRA = "ray"
@@ -70,21 +68,13 @@ def ensure_ray(address: str | None) -> Any:
     return ray
 
 
-def component_target(component: Component) -> str:
-    """``"module:Class"`` of ``component``'s class, which a worker registers under the component's name, so that
-    a class registered only in the driver (or in a test) resolves in the worker too."""
-    cls = type(component)
-    return f"{cls.__module__}:{cls.__qualname__}"
-
-
 class ShardServer:
     """The actor that holds one shard: builds the shard's index, loads it, and answers calls on it."""
 
-    def __init__(self, number: int, spec: Mapping[str, Any], target: str, directory: str | None, threads: int) -> None:
+    def __init__(self, number: int, shard: PortableSpec, directory: str | None, threads: int) -> None:
         set_worker_threads(threads)
-        register("index", spec["type"], target)  # a user-registered class resolves in this process too
         self.number = number
-        self.index = build("index", dict(spec))
+        self.index = shard.build()
         if directory is not None:
             self.index.load(directory)
         set_worker_threads(threads)  # again: loading may have imported torch or faiss

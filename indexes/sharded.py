@@ -56,12 +56,12 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from indexes.global_bm25 import check_global_statistics, merge_statistics, supports_global_statistics
 from indexes.manifest import MANIFEST, SavedIndex, read_manifest, verify_files, write_manifest
-from indexes.ray_workers import EXTRA, ShardServer, component_target, ensure_ray, worker_runtime_env
+from indexes.ray_workers import EXTRA, ShardServer, ensure_ray, worker_runtime_env
 from rag.errors import InputError, SpecragError
 from rag.io import atomic_directory
 from rag.lazy import require
 from rag.protocols import text_batch
-from rag.registry import Component, build, declared_params
+from rag.registry import Component, PortableSpec, build, declared_params
 from rag.types import Chunk, Hit
 
 FORMAT_VERSION = 1
@@ -196,7 +196,7 @@ class ShardedIndex(SavedIndex):
     name: str = "sharded"
     last_report: SearchReport | None = field(default=None, init=False)  # what the last search did
     _supports_global: bool = field(default=False, init=False)  # set in __post_init__ from the shard kind
-    _target: str = field(default="", init=False)  # the shard class, "module:Class", set in __post_init__
+    _portable: PortableSpec | None = field(default=None, init=False)  # the shard, as workers build it; set in __post_init__
     _actors: list[Any] = field(default_factory=list, init=False)  # Ray actor handles; started on first use
     # the directory each shard's actor loaded (None: started empty), set in __post_init__
     _directories: list[str | None] = field(default_factory=list, init=False)
@@ -223,7 +223,7 @@ class ShardedIndex(SavedIndex):
         if statistics == "global":
             check_global_statistics(template, name)
         self._supports_global = supports_global_statistics(template)
-        self._target = component_target(template)
+        self._portable = PortableSpec.of("index", template)
         self.shard = template.to_config()
         self._directories = [None] * shards
 
@@ -387,7 +387,7 @@ class ShardedIndex(SavedIndex):
         server = ray.remote(ShardServer).options(
             num_cpus=self.cpus_per_shard, scheduling_strategy="SPREAD", runtime_env=worker_runtime_env(),
         )
-        actors = [server.remote(n, self.shard, self._target, d, self.threads) for n, d in enumerate(directories)]
+        actors = [server.remote(n, self._portable, d, self.threads) for n, d in enumerate(directories)]
         failures, _ = self._gather(
             {n: a.count.remote() for n, a in enumerate(actors)}, timeout_s=self.start_timeout_s, directories=directories,
         )

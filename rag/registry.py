@@ -16,6 +16,7 @@ user's component builds by name in a Ray worker or a fresh process as well. Buil
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import importlib
 import inspect
@@ -217,6 +218,29 @@ def build(role: str, spec: "str | Mapping[str, Any] | Component") -> Any:
     return component
 
 
+@dataclasses.dataclass(frozen=True)
+class PortableSpec:
+    """What another process (a Ray worker) needs to build the same component: its config and the
+    ``module:Class`` of its class. Built-in and entry-point components would build from the config alone; the
+    class path covers one registered only in this process (a notebook, a test), which the worker registers
+    under the same name before building it."""
+
+    role: str
+    spec: dict[str, Any]
+    target: str
+
+    @classmethod
+    def of(cls, role: str, component: "Component") -> "PortableSpec":
+        kind = type(component)
+        return cls(role, component.to_config(), f"{kind.__module__}:{kind.__qualname__}")
+
+    def build(self) -> Any:
+        """The component, built in this process (registering its class under its name where that differs)."""
+        if _REGISTRY[self.role].get(self.spec["type"]) != self.target:
+            register(self.role, self.spec["type"], self.target)
+        return build(self.role, self.spec)
+
+
 def check_param_types(cls: type, params: Mapping[str, Any], owner: str) -> None:
     """Refuse a param whose value does not fit the constructor's annotation, naming the param and the value.
 
@@ -275,8 +299,6 @@ def declared_params(cls: type) -> type:
                 if self.k < 1:
                     raise InputError(f"top-k filter: k must be at least 1, got {self.k}")
     """
-    import dataclasses
-
     return dataclasses.dataclass(eq=False, repr=False)(cls)
 
 

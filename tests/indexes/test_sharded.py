@@ -27,7 +27,7 @@ from indexes.sharded import (  # noqa: E402
     shard_of,
 )
 from rag.errors import FormatVersionError, InputError, UnknownComponentError  # noqa: E402
-from rag.registry import build, register  # noqa: E402
+from rag.registry import build, registered  # noqa: E402
 from rag.types import Hit  # noqa: E402
 from tests.indexes.corpus import DOCS, QUERIES, make_chunks, ranked  # noqa: E402
 from tests.indexes.test_bm25 import LUCENE_SUM_ORDER  # noqa: E402
@@ -46,7 +46,11 @@ class SlowIndex(BM25sIndex):
         return super().search(queries, k)
 
 
-register("index", "test-slow", f"{__name__}:SlowIndex")
+@pytest.fixture(scope="module", autouse=True)
+def _slow_index_registered():
+    """Registered in this process for the module's tests (the actors get the class with the spec)."""
+    with registered("index", "test-slow", f"{__name__}:SlowIndex"):
+        yield
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -2,6 +2,7 @@ import pytest
 
 from rag import registry
 from rag.errors import InputError, UnknownComponentError
+from rag.protocols import BaseFilter
 from ranking.filters import TopKFilter
 
 
@@ -176,3 +177,27 @@ def test_declared_params_give_the_constructor_config_equality_repr_and_checks():
     assert "_encoder" not in mmr.to_config()["params"] and mmr._encoder is None
     with pytest.raises(InputError, match=r"does not take \['_encoder'\]"):
         registry.build("filter", {"type": "mmr", "params": {"_encoder": 1}})
+
+
+@registry.declared_params
+class KeepFirst(BaseFilter):
+    """A filter registered only in this process, as a notebook or a test would."""
+
+    n: int = 1
+
+    def filter(self, query, hits):
+        return hits[: self.n]
+
+
+def test_a_portable_spec_builds_a_component_registered_only_here_in_another_process():
+    import pickle
+
+    with registry.registered("filter", "keep-first", f"{__name__}:KeepFirst"):
+        portable = registry.PortableSpec.of("filter", registry.build("filter", {"type": "keep-first", "params": {"n": 2}}))
+    assert "keep-first" not in registry.known("filter")  # as in a fresh Ray worker
+    arrived = pickle.loads(pickle.dumps(portable))
+    try:
+        built = arrived.build()
+        assert isinstance(built, KeepFirst) and built.n == 2 and built.to_config() == portable.spec
+    finally:
+        registry._REGISTRY["filter"].pop("keep-first", None)
