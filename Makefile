@@ -27,7 +27,7 @@ test: packs
 # kind, 20 killed saves each, both commit paths; eval/results/faults.md).
 test-slow: packs
 	$(BIN)/python -m pytest -m slow
-	SPECRAG_FUZZ_EXAMPLES=1000 $(BIN)/python -m pytest -s tests/rag/test_fuzz_inputs.py tests/indexes/test_manifest.py
+	SPECRAG_FUZZ_EXAMPLES=1000 $(BIN)/python -m pytest -s tests/rag/test_fuzz_inputs.py tests/rag/test_manifest.py
 	$(BIN)/python -m bench.faults --trials 20 --fallback
 
 bench: packs

@@ -40,7 +40,7 @@ COMPRESSORS: dict[str, tuple[str, dict[str, Any]]] = {
 
 def build_hits(data_dir: str | Path, tokens: int) -> list[Hit]:
     """SQuAD paragraphs of ``data_dir/corpus.jsonl`` in order, one hit each, until ``tokens`` generator tokens."""
-    from compressors.base import DEFAULT_TOKENIZER, TokenCounter
+    from rag.compression import DEFAULT_TOKENIZER, TokenCounter
     from rag.io import read_documents
 
     counter = TokenCounter(DEFAULT_TOKENIZER)

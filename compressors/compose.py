@@ -15,7 +15,7 @@ import math
 from dataclasses import field
 from typing import Any, Mapping, Sequence
 
-from compressors.base import DEFAULT_TOKENIZER, BaseCompressor, Piece, TokenCounter, check_budget_params
+from rag.compression import DEFAULT_TOKENIZER, BaseCompressor, Piece, TokenCounter, check_budget_params
 from rag.errors import InputError
 from rag.registry import declared_params
 

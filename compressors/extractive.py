@@ -43,7 +43,7 @@ from __future__ import annotations
 from dataclasses import field, replace
 from typing import Any, Mapping, Sequence
 
-from compressors.base import (
+from rag.compression import (
     DEFAULT_TOKENIZER,
     BaseCompressor,
     Piece,

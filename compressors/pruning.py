@@ -1,7 +1,7 @@
 """Token pruning: drop the least informative words until the budget holds.
 
 Two ways to say which words matter, one selection (whole words only, best first under the budget, then
-source order, as in :func:`compressors.base.greedy`):
+source order, as in :func:`rag.compression.greedy`):
 
 - :class:`SurprisalCompressor` (LLMLingua-1 / Selective-Context, question-aware like LongLLMLingua): a
   small causal LM (``smollm2-135m`` by default) reads ``Question: ...`` then the passages; a word's score
@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from compressors.base import (
+from rag.compression import (
     DEFAULT_TOKENIZER,
     JOIN,
     BaseCompressor,

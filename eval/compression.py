@@ -199,7 +199,7 @@ def run_compression(
 
 
 def _count(texts: list[str]) -> list[int]:
-    from compressors.base import DEFAULT_TOKENIZER, TokenCounter
+    from rag.compression import DEFAULT_TOKENIZER, TokenCounter
 
     return TokenCounter(DEFAULT_TOKENIZER).count(texts)
 

@@ -43,7 +43,7 @@ Both work on a hard-linked clone of the working Lucene directory (Lucene never r
 swap it in only once Lucene has committed, so a failure leaves the index as it was.
 
 On disk (format version 1) a saved index is a directory holding ``manifest.json`` (see
-:mod:`indexes.manifest`; BM25 adds ``fields``, ``k1``, ``b``, ``analyzer``, ``anserini`` and
+:mod:`rag.manifest`; BM25 adds ``fields``, ``k1``, ``b``, ``analyzer``, ``anserini`` and
 ``lucene_documents``), ``chunks.jsonl`` (one ``Chunk.to_dict()`` per line, in insertion order) and
 ``lucene/`` (the Lucene index files, each checksummed in the manifest).
 """
@@ -56,8 +56,8 @@ from typing import Any, Iterable, Sequence
 
 from indexes.lucene import anserini_version, java_exception, java_message
 from indexes.lucene_dir import LuceneDir, field_boosts, java_list, save_lucene, searcher_class, text_collection_args
-from indexes.manifest import SavedIndex, check_new_ids, read_chunks, write_chunks
 from rag.errors import InputError
+from rag.manifest import SavedIndex, check_new_ids, read_chunks, write_chunks
 from rag.protocols import text_batch
 from rag.registry import declared_params
 from rag.types import Chunk, Hit
@@ -152,17 +152,13 @@ class BM25Index(SavedIndex):
             raise InputError(f"bm25 index {self.name!r}: Lucene failed on the queries: {java_message(exc)}") from None
         return [[Hit(chunk=chunks[hit.docid], score=float(hit.score), source=name) for hit in row] for row in rows]
 
-    def delete(self, chunk_ids: Iterable[str]) -> int:
-        """Remove the chunks with these ids; returns how many were removed (unknown ids are skipped)."""
-        found = list(dict.fromkeys(c for c in chunk_ids if c in self._chunks))
-        if not found:
-            return 0
-        in_lucene = [c for c in found if self._record(self._chunks[c]) is not None]
+    def remove(self, chunk_ids: list[str]) -> None:
+        """Remove these chunks (:meth:`delete` is the public call) from a clone of the Lucene index."""
+        in_lucene = [c for c in chunk_ids if self._record(self._chunks[c]) is not None]
         if in_lucene and self._lucene is not None:
             self._lucene = self._lucene.with_deleted(in_lucene)
-        for chunk_id in found:
+        for chunk_id in chunk_ids:
             del self._chunks[chunk_id]
-        return len(found)
 
     def __len__(self) -> int:
         return len(self._chunks)

@@ -32,7 +32,7 @@ chunk with bm25s and keeps the ``k`` best with a score above zero, ties broken b
 breaks them).
 
 On disk (format version 1) a saved index is a directory holding ``manifest.json`` (see
-:mod:`indexes.manifest`; it adds ``k1``, ``b``, ``method``, ``stemmer``, ``stopwords``,
+:mod:`rag.manifest`; it adds ``k1``, ``b``, ``method``, ``stemmer``, ``stopwords``,
 ``lucene_lengths`` and the ``bm25s`` version),
 ``chunks.jsonl`` (one ``Chunk.to_dict()`` per line, in index order) and ``bm25s/`` (bm25s's own plain files:
 ``params.index.json``, ``vocab.index.json`` and the ``*.csc.index.npy`` arrays, saved without pickle).
@@ -48,10 +48,10 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from indexes.manifest import SavedIndex, check_new_ids, read_chunks, write_chunks
 from rag.analysis import stemmer_for, tokenize
 from rag.errors import InputError
 from rag.lazy import require
+from rag.manifest import SavedIndex, check_new_ids, read_chunks, write_chunks
 from rag.protocols import text_batch
 from rag.registry import declared_params
 from rag.types import Chunk, Hit
@@ -155,13 +155,10 @@ class BM25sIndex(SavedIndex):
             )
         return results
 
-    def delete(self, chunk_ids: Iterable[str]) -> int:
-        """Remove the chunks with these ids and rebuild; returns how many were removed (unknown ids are skipped)."""
-        found = set(c for c in chunk_ids if c in self._chunks)
-        if not found:
-            return 0
+    def remove(self, chunk_ids: list[str]) -> None:
+        """Remove these chunks and rebuild (:meth:`delete` is the public call)."""
+        found = set(chunk_ids)
         self._rebuild({cid: chunk for cid, chunk in self._chunks.items() if cid not in found}, {})
-        return len(found)
 
     def __len__(self) -> int:
         return len(self._chunks)

@@ -9,7 +9,7 @@
     >>> index.save("my-index"); DenseIndex.open("my-index")                    # doctest: +SKIP
 
 On disk (format version 1) a saved index is a directory holding ``manifest.json`` (see
-:mod:`indexes.manifest`; dense adds ``index_kind``, ``faiss_factory``, ``model``, ``dimension``,
+:mod:`rag.manifest`; dense adds ``index_kind``, ``faiss_factory``, ``model``, ``dimension``,
 ``metric`` and ``next_id``), ``vectors.faiss`` (``faiss.write_index``) and ``chunks.jsonl`` (one
 ``Chunk.to_dict()`` per line plus its int64 ``faiss_id``, in faiss-id order).
 """
@@ -19,15 +19,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from indexes.manifest import SavedIndex
 from rag.encoders import SentenceEncoder, check_dtype
 from rag.errors import InputError
 from rag.io import read_jsonl
 from rag.lazy import require
+from rag.manifest import SavedIndex
 from rag.protocols import text_batch
 from rag.registry import declared_params
 from rag.types import Chunk, Hit
@@ -229,22 +229,17 @@ class DenseIndex(SavedIndex):
             for row_scores, row_ids in zip(scores.tolist(), ids.tolist())
         ]
 
-    def delete(self, chunk_ids: Iterable[str]) -> int:
-        """Remove the chunks with these ids; returns how many were removed (unknown ids are skipped).
-
-        Kinds whose faiss index cannot remove vectors (HNSW) keep them as tombstones that searches skip;
-        the space comes back when the index is rebuilt.
+    def remove(self, chunk_ids: list[str]) -> None:
+        """Remove these chunks (:meth:`delete` is the public call). Kinds whose faiss index cannot remove
+        vectors (HNSW) keep them as tombstones that searches skip; the space comes back when the index is rebuilt.
         """
-        found = sorted({self._ids[c] for c in chunk_ids if c in self._ids})
-        if not found:
-            return 0
+        found = sorted(self._ids[c] for c in chunk_ids)
         if faiss_kind(self.kind).supports_remove:
             removed = int(self._faiss.remove_ids(np.asarray(found, dtype=np.int64)))
             if removed != len(found):
                 raise RuntimeError(f"dense index {self.name!r}: faiss removed {removed} of {len(found)} vectors")
         for faiss_id in found:
             del self._ids[self._chunks.pop(faiss_id).id]
-        return len(found)
 
     def __len__(self) -> int:
         return len(self._chunks)

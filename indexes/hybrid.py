@@ -19,7 +19,7 @@ each member for its top ``max(depth, k)`` hits and fuses them by chunk id:
 Ties are broken by chunk id; hits carry the fused score and ``source=name``.
 
 On disk (format version 1) a saved hybrid index is a directory holding ``manifest.json`` (see
-:mod:`indexes.manifest`; it adds ``members``, ``method``, ``weights``, ``depth`` and ``rrf_k``, and
+:mod:`rag.manifest`; it adds ``members``, ``method``, ``weights``, ``depth`` and ``rrf_k``, and
 checksums each member's manifest, which in turn checksums that member's files) and one subdirectory per
 member, ``member-0``, ``member-1``, ..., each saved by that member in its own format.
 """
@@ -30,8 +30,8 @@ from dataclasses import field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from indexes.manifest import MANIFEST, SavedIndex
 from rag.errors import InputError
+from rag.manifest import MANIFEST, SavedIndex, distinct_ids
 from rag.protocols import text_batch
 from rag.registry import Component, build, declared_params
 from rag.types import Chunk, Hit
@@ -138,7 +138,7 @@ class HybridIndex(SavedIndex):
 
     def delete(self, chunk_ids: Iterable[str]) -> int:
         """Remove the chunks from every member; returns how many distinct ids some member held."""
-        ids = list(dict.fromkeys(chunk_ids))
+        ids = distinct_ids(chunk_ids)
         held = [chunk_id for chunk_id in ids if chunk_id in self]
         for member in self._members:
             member.delete(ids)

@@ -35,7 +35,7 @@ call instead returns the merge of the shards that answered. Either way :attr:`Sh
 (a :class:`SearchReport`) says which shards answered, which failed and why, and how long each took.
 
 On disk (format version 1) a sharded index is a directory holding ``manifest.json`` (see
-:mod:`indexes.manifest`; it adds ``shards`` (one ``{"directory", "count"}`` per shard), ``shard_component``
+:mod:`rag.manifest`; it adds ``shards`` (one ``{"directory", "count"}`` per shard), ``shard_component``
 (the config of every shard), ``routing`` and optional ``ingest`` statistics, and checksums each shard's
 manifest, which in turn checksums that shard's files) and ``shard-0000``, ``shard-0001``, ...: each a
 normal saved index of the shard kind, loadable by itself (``DenseIndex.open("…/shard-0002")``).
@@ -55,11 +55,11 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from indexes.global_bm25 import check_global_statistics, merge_statistics, supports_global_statistics
-from indexes.manifest import MANIFEST, SavedIndex, read_manifest, verify_files, write_manifest
 from indexes.ray_workers import EXTRA, ShardServer, ensure_ray, worker_runtime_env
 from rag.errors import InputError, SpecragError
 from rag.io import atomic_directory
 from rag.lazy import require
+from rag.manifest import MANIFEST, SavedIndex, distinct_ids, read_manifest, verify_files, write_manifest
 from rag.protocols import text_batch
 from rag.registry import Component, PortableSpec, build, declared_params
 from rag.types import Chunk, Hit
@@ -294,7 +294,7 @@ class ShardedIndex(SavedIndex):
 
     def delete(self, chunk_ids: Iterable[str]) -> int:
         """Remove the chunks with these ids from every shard; returns how many were removed."""
-        ids = list(dict.fromkeys(chunk_ids))
+        ids = distinct_ids(chunk_ids)
         if not ids:
             return 0
         actors = self._ensure_actors()

@@ -32,7 +32,7 @@ collection statistics, so an index grown step by step scores exactly like one bu
 every weight rounds to 0 is kept but not put into Lucene, so it never matches.
 
 On disk (format version 1) a saved index is a directory holding ``manifest.json`` (see
-:mod:`indexes.manifest`; SPLADE adds ``model``, ``scale``, ``quantisation``, ``weighting``, ``vocab_size``,
+:mod:`rag.manifest`; SPLADE adds ``model``, ``scale``, ``quantisation``, ``weighting``, ``vocab_size``,
 ``anserini`` and ``lucene_documents``), ``chunks.jsonl`` (one ``Chunk.to_dict()`` per line, in insertion
 order) and ``lucene/`` (the Lucene impact index files, each checksummed in the manifest).
 """
@@ -45,9 +45,9 @@ from typing import Any, Iterable, Sequence
 
 from indexes.lucene import anserini_version, java_exception, java_message, run_java
 from indexes.lucene_dir import LuceneDir, save_lucene
-from indexes.manifest import MANIFEST, SavedIndex, check_new_ids, read_chunks, write_chunks
 from indexes.splade_encoder import DEFAULT_SCALE, SpladeEncoder, quantize
 from rag.errors import InputError
+from rag.manifest import MANIFEST, SavedIndex, check_new_ids, read_chunks, write_chunks
 from rag.protocols import text_batch
 from rag.registry import declared_params
 from rag.types import Chunk, Hit
@@ -159,16 +159,12 @@ class SpladeIndex(SavedIndex):
             for row in rows
         ]
 
-    def delete(self, chunk_ids: Iterable[str]) -> int:
-        """Remove the chunks with these ids; returns how many were removed (unknown ids are skipped)."""
-        found = list(dict.fromkeys(c for c in chunk_ids if c in self._chunks))
-        if not found:
-            return 0
+    def remove(self, chunk_ids: list[str]) -> None:
+        """Remove these chunks (:meth:`delete` is the public call) from a clone of the Lucene index."""
         if self._lucene is not None:
-            self._lucene = self._lucene.with_deleted(found)  # ids never put into Lucene delete nothing
-        for chunk_id in found:
+            self._lucene = self._lucene.with_deleted(chunk_ids)  # ids never put into Lucene delete nothing
+        for chunk_id in chunk_ids:
             del self._chunks[chunk_id]
-        return len(found)
 
     def __len__(self) -> int:
         return len(self._chunks)

@@ -1,8 +1,8 @@
 """One protocol per role, and the base class a component of that role subclasses: it implements the one
 obvious method, and the base class adds batching, checks and the config round trip (:class:`~rag.registry.Component`).
 
-The index base, which also does persistence, is :class:`indexes.manifest.SavedIndex`; the compressor base,
-which also counts tokens, is :class:`compressors.base.BaseCompressor`."""
+The index base, which also does persistence, is :class:`rag.manifest.SavedIndex`; the compressor base,
+which also counts tokens, is :class:`rag.compression.BaseCompressor`."""
 
 from __future__ import annotations
 

@@ -141,9 +141,11 @@ def test_indexes_find_forget_refuse_and_persist(name, tmp_path):
     with pytest.raises(InputError, match="already in the index"):
         index.add(chunks()[:1])
     assert len(index) == len(given)  # the refused batch changed nothing
-    index.delete(["insulin#0"])
+    assert index.delete(["insulin#0", "insulin#0", "no-such-id"]) == 1  # repeats and unknown ids skipped
     assert len(index) == len(given) - 1
-    assert all(h.chunk.id != "insulin#0" for h in index.search([QUERY], len(given))[0])
+    assert index.delete("violin#0") == 1 and len(index) == len(given) - 2  # one str is one id
+    assert index.delete(["violin#0"]) == 0
+    assert all(h.chunk.id not in ("insulin#0", "violin#0") for h in index.search([QUERY], len(given))[0])
     index.save(tmp_path / "saved")
     loaded = build("index", index.to_config())
     loaded.load(tmp_path / "saved")

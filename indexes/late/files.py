@@ -1,7 +1,7 @@
 """The saved format of the late-interaction indexes: version, kinds, file names, and the checked ``.npy`` reader.
 
 On disk (format version 1) a saved :class:`~indexes.late.index.LateInteractionIndex` is a directory holding
-``manifest.json`` (see :mod:`indexes.manifest`; adds ``model``, ``encoder``, ``dimension``, ``storage``,
+``manifest.json`` (see :mod:`rag.manifest`; adds ``model``, ``encoder``, ``dimension``, ``storage``,
 ``tokens``, ``nlist``, ``trained_tokens``, ``token_bytes_float32``, ``stored_bytes`` and
 ``compression_ratio``), ``chunks.jsonl`` (one ``Chunk.to_dict()`` per line, in storage order),
 ``offsets.npy`` (int64, documents + 1: document ``i`` owns token rows ``offsets[i]:offsets[i+1]``),

@@ -55,9 +55,9 @@ from indexes.late.encoder import TokenEncoder, query_vectors, text_of
 from indexes.late.files import CENTROIDS, CHUNKS, CODES, FORMAT_VERSION, KIND, TOKENS, load_array
 from indexes.late.scoring import top_positions
 from indexes.late.store import STORAGES, TokenStore
-from indexes.manifest import SavedIndex, check_new_ids, read_chunks, write_chunks
 from rag.errors import InputError
 from rag.lazy import require
+from rag.manifest import SavedIndex, check_new_ids, read_chunks, write_chunks
 from rag.protocols import text_batch
 from rag.registry import declared_params
 from rag.types import Chunk, Hit
@@ -268,11 +268,9 @@ class LateInteractionIndex(SavedIndex):
         scores = self._store.scores(query, rows, codes=self._codes, keep=keep)
         return [(int(rows[i]), float(scores[i])) for i in top_positions(scores, k)]
 
-    def delete(self, chunk_ids: Iterable[str]) -> int:
-        """Remove the chunks with these ids; returns how many were removed (unknown ids are skipped)."""
-        rows = sorted({self._rows[c] for c in chunk_ids if c in self._rows})
-        if not rows:
-            return 0
+    def remove(self, chunk_ids: list[str]) -> None:
+        """Remove these chunks' rows and tokens (:meth:`delete` is the public call)."""
+        rows = sorted(self._rows[c] for c in chunk_ids)
         drop = np.asarray(rows, dtype=np.int64)
         keep_tokens = np.ones(self._store.n_tokens, dtype=bool)
         for r in rows:
@@ -285,7 +283,6 @@ class LateInteractionIndex(SavedIndex):
         if not chunks:
             self._centroids, self._codes, self._trained_tokens = None, np.zeros(0, np.int32), 0
         self._derive()
-        return len(rows)
 
     def __len__(self) -> int:
         return len(self._chunks)

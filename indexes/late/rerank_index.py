@@ -16,8 +16,8 @@ from indexes.late.encoder import TokenEncoder, query_vectors, text_of
 from indexes.late.files import BM25_DIR, CHUNKS, FORMAT_VERSION, RERANK_KIND
 from indexes.late.scoring import top_positions
 from indexes.late.store import STORAGES, TokenStore
-from indexes.manifest import MANIFEST, SavedIndex, check_new_ids, read_chunks, write_chunks
 from rag.errors import InputError
+from rag.manifest import MANIFEST, SavedIndex, check_new_ids, read_chunks, write_chunks
 from rag.protocols import text_batch
 from rag.registry import declared_params
 from rag.types import Chunk, Hit
@@ -111,11 +111,9 @@ class LateRerankIndex(SavedIndex):
             )
         return results
 
-    def delete(self, chunk_ids: Iterable[str]) -> int:
-        """Remove the chunks with these ids from BM25 and the token store; returns how many were removed."""
-        rows = sorted({self._rows[c] for c in chunk_ids if c in self._rows})
-        if not rows:
-            return 0
+    def remove(self, chunk_ids: list[str]) -> None:
+        """Remove these chunks from BM25 and the token store (:meth:`delete` is the public call)."""
+        rows = sorted(self._rows[c] for c in chunk_ids)
         ids = [self._chunks[r].id for r in rows]
         store = self._store.without(np.asarray(rows, dtype=np.int64))
         self._bm25.delete(ids)
@@ -123,7 +121,6 @@ class LateRerankIndex(SavedIndex):
         self._store = store
         self._chunks = [c for i, c in enumerate(self._chunks) if i not in gone]
         self._rows = {c.id: i for i, c in enumerate(self._chunks)}
-        return len(rows)
 
     def __len__(self) -> int:
         return len(self._chunks)

@@ -8,7 +8,7 @@ from bench.compression import build_hits, main, time_compressors
 
 
 def test_build_hits_stops_once_the_token_count_is_reached(data_dir):
-    from compressors.base import DEFAULT_TOKENIZER, TokenCounter
+    from rag.compression import DEFAULT_TOKENIZER, TokenCounter
 
     hits = build_hits(data_dir / "squad-v1.1-dev", 300)
     counts = TokenCounter(DEFAULT_TOKENIZER).count([h.chunk.text for h in hits])

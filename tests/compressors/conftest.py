@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from compressors.base import CompressedContext, TokenCounter
+from rag.compression import CompressedContext, TokenCounter
 from rag.types import Chunk, Hit
 
 WORDS = (

@@ -11,10 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from compressors.base import Unit, greedy, merge_spans, resolve_budget
 from compressors.compose import ComposeCompressor
 from compressors.extractive import ExtractiveCompressor
 from compressors.pruning import _Pruner
+from rag.compression import Unit, greedy, merge_spans, resolve_budget
 from rag.errors import InputError
 from rag.registry import build, known
 from tests.compressors.conftest import WORDS, check_context, hits_of

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from indexes.bm25 import BM25Index
-from indexes.manifest import ChecksumError
 from rag.errors import FormatVersionError, InputError
+from rag.manifest import ChecksumError
 from rag.registry import build
 from rag.types import Chunk, Hit
 from tests.indexes.corpus import DOCS, QUERIES, ROOT, make_chunks, ranked

@@ -12,8 +12,8 @@ import pytest
 
 from indexes.bm25s_index import BM25sIndex, lucene_length
 from rag.analysis import lucene_porter, tokenize
-from indexes.manifest import ChecksumError
 from rag.errors import FormatVersionError, InputError
+from rag.manifest import ChecksumError
 from rag.registry import build
 from rag.types import Chunk, Hit
 from tests.indexes.corpus import DOCS, QUERIES, ROOT, make_chunks, ranked

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from indexes.dense import DenseIndex
-from indexes.manifest import ChecksumError
 from rag.encoders import SentenceEncoder
 from rag.errors import FormatVersionError, InputError
+from rag.manifest import ChecksumError
 from rag.registry import build
 from rag.types import Chunk
 from tests.indexes.corpus import SENTENCES, make_chunks, ranked

@@ -16,7 +16,6 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from indexes.bm25s_index import BM25sIndex  # noqa: E402
-from indexes.manifest import MANIFEST, ChecksumError  # noqa: E402
 from indexes.sharded import (  # noqa: E402
     FORMAT_VERSION,
     ShardError,
@@ -27,6 +26,7 @@ from indexes.sharded import (  # noqa: E402
     shard_of,
 )
 from rag.errors import FormatVersionError, InputError, UnknownComponentError  # noqa: E402
+from rag.manifest import MANIFEST, ChecksumError  # noqa: E402
 from rag.registry import build, registered  # noqa: E402
 from rag.types import Hit  # noqa: E402
 from tests.indexes.corpus import DOCS, QUERIES, make_chunks, ranked  # noqa: E402

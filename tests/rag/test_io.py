@@ -96,7 +96,7 @@ def test_fallback_commit_without_exchange_and_recovery_of_a_kill_between_its_ren
 
 
 def test_a_save_removes_what_killed_saves_left_and_loads_restore_a_missing_index(tmp_path):
-    from indexes.manifest import read_manifest
+    from rag.manifest import read_manifest
     from rag.errors import InputError
 
     target = tmp_path / "idx"

@@ -173,6 +173,18 @@ class SavedIndex(Component):
         verify_files(directory, manifest)
         self.read_files(directory, manifest)
 
+    def delete(self, chunk_ids: Iterable[str]) -> int:
+        """Remove the chunks with these ids; returns how many were removed. Unknown ids and repeats are
+        skipped, and one str is one id; the index kind removes what it holds in :meth:`remove`."""
+        present = [chunk_id for chunk_id in distinct_ids(chunk_ids) if chunk_id in self]
+        if present:
+            self.remove(present)
+        return len(present)
+
+    def remove(self, chunk_ids: list[str]) -> None:
+        """Remove these chunks, every one of them held by this index and none repeated (see :meth:`delete`)."""
+        raise NotImplementedError
+
     def write_files(self, staging: Path) -> tuple[list[str], dict[str, Any]]:
         """Write this index's own files into ``staging``: their names (relative to it), and the fields the
         manifest records besides the common ones."""
@@ -212,6 +224,11 @@ class SavedIndex(Component):
             raise InputError(f"{Path(directory) / MANIFEST}: {exc}") from None
         index.load(directory)
         return index
+
+
+def distinct_ids(chunk_ids: "str | Iterable[str]") -> list[str]:
+    """The ids a delete names, in order, each once; one str is one id (not its characters)."""
+    return list(dict.fromkeys([chunk_ids] if isinstance(chunk_ids, str) else chunk_ids))
 
 
 # -- chunks on disk (every index kind that keeps its chunks) ------------------------------------------

@@ -20,8 +20,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from indexes.manifest import MANIFEST, read_manifest, verify_files
 from rag.errors import InputError, SpecragError
+from rag.manifest import MANIFEST, read_manifest, verify_files
 from rag.registry import build, resolve
 from tests.indexes.corpus import DOCS, make_chunks
 
