@@ -15,6 +15,7 @@ from rag.encoders import PROGRESS_THRESHOLD, warn_long_queries
 from rag.errors import InputError
 from rag.lazy import require
 from rag.protocols import text_batch
+from rag.registry import declared_params
 from rag.shared import shared_model
 
 DEFAULT_SCALE = 100
@@ -63,6 +64,7 @@ def _check_vocabulary(model: str, vocabulary: list[str]) -> None:
         raise InputError(f"SPLADE model {model!r}: its vocabulary holds the same token string twice")
 
 
+@declared_params
 class SpladeEncoder:
     """SPLADE term weights from a masked-LM checkpoint, as ``scipy.sparse.csr_matrix`` (float32) rows.
 
@@ -79,29 +81,22 @@ class SpladeEncoder:
         (1, 30522)
     """
 
-    def __init__(
-        self,
-        model: str = "splade-tiny",
-        batch_size: int = 32,
-        max_length: int = 512,
-        max_batch_tokens: int = 4096,
-        show_progress: bool | None = None,
-        dtype: str = "float32",
-    ) -> None:
+    model: str = "splade-tiny"
+    batch_size: int = 32
+    max_length: int = 512
+    max_batch_tokens: int = 4096
+    show_progress: bool | None = None
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
         from rag.encoders import check_dtype
 
-        check_dtype(model, dtype)
-        if batch_size < 1 or max_length < 2 or max_batch_tokens < max_length:
+        check_dtype(self.model, self.dtype)
+        if self.batch_size < 1 or self.max_length < 2 or self.max_batch_tokens < self.max_length:
             raise InputError(
-                f"SPLADE encoder {model!r}: need batch_size >= 1, max_length >= 2 and max_batch_tokens >= max_length, "
-                f"got {batch_size}, {max_length}, {max_batch_tokens}"
+                f"SPLADE encoder {self.model!r}: need batch_size >= 1, max_length >= 2 and max_batch_tokens >= max_length, "
+                f"got {self.batch_size}, {self.max_length}, {self.max_batch_tokens}"
             )
-        self.model = model
-        self.batch_size = batch_size
-        self.max_length = max_length
-        self.max_batch_tokens = max_batch_tokens
-        self.show_progress = show_progress
-        self.dtype = dtype
 
     @property
     def vocabulary(self) -> list[str]:

@@ -20,6 +20,7 @@ import numpy as np
 from rag.errors import InputError, TruncatedInputWarning
 from rag.lazy import require
 from rag.protocols import text_batch
+from rag.registry import declared_params
 from rag.shared import shared_model
 
 DEVICE = "cpu"
@@ -196,6 +197,7 @@ def forget_sentence_transformer(model: str, max_seq_length: int | None, dtype: s
     forget(_sentence_transformer_key(resolve_model_path(model), max_seq_length, dtype))
 
 
+@declared_params
 class SentenceEncoder:
     """Dense text embeddings from a sentence-transformers model, as float32 numpy arrays.
 
@@ -206,24 +208,17 @@ class SentenceEncoder:
     float32 is the default (README: why not ``"auto"`` yet).
     """
 
-    def __init__(
-        self,
-        model: str = "minilm",
-        batch_size: int = 64,
-        normalize: bool = True,
-        max_seq_length: int | None = None,
-        show_progress: bool | None = None,
-        dtype: str = "float32",
-    ) -> None:
-        if batch_size < 1:
-            raise InputError(f"encoder {model!r}: batch_size must be at least 1, got {batch_size}")
-        check_dtype(model, dtype)
-        self.model = model
-        self.batch_size = batch_size
-        self.normalize = normalize
-        self.max_seq_length = max_seq_length
-        self.show_progress = show_progress
-        self.dtype = dtype
+    model: str = "minilm"
+    batch_size: int = 64
+    normalize: bool = True
+    max_seq_length: int | None = None
+    show_progress: bool | None = None
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise InputError(f"encoder {self.model!r}: batch_size must be at least 1, got {self.batch_size}")
+        check_dtype(self.model, self.dtype)
 
     @property
     def model_id(self) -> str:

@@ -22,6 +22,7 @@ import numpy as np
 from indexes.late.colbert import COLBERT_QUERY_LENGTH, ColBERT, colbert_key, is_colbert_checkpoint
 from rag.encoders import warn_long_queries
 from rag.errors import InputError
+from rag.registry import declared_params
 from rag.lazy import require
 from rag.protocols import text_batch
 from rag.shared import shared_model
@@ -31,6 +32,7 @@ from rag.types import Chunk
 PROGRESS_THRESHOLD = 200
 
 
+@declared_params
 class TokenEncoder:
     """Per-token vectors (L2-normalised float32 arrays, one per text) from a BERT-like model.
 
@@ -46,26 +48,20 @@ class TokenEncoder:
         [(3, 384)]
     """
 
-    def __init__(
-        self,
-        model: str = "minilm",
-        max_length: int = 256,
-        batch_size: int = 32,
-        show_progress: bool | None = None,
-        dtype: str = "float32",
-    ) -> None:
+    model: str = "minilm"
+    max_length: int = 256
+    batch_size: int = 32
+    show_progress: bool | None = None
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
         from rag.encoders import check_dtype
 
-        check_dtype(model, dtype)
-        if max_length < 3:
-            raise InputError(f"token encoder {model!r}: max_length must be at least 3, got {max_length}")
-        if batch_size < 1:
-            raise InputError(f"token encoder {model!r}: batch_size must be at least 1, got {batch_size}")
-        self.model = model
-        self.max_length = max_length
-        self.batch_size = batch_size
-        self.show_progress = show_progress
-        self.dtype = dtype
+        check_dtype(self.model, self.dtype)
+        if self.max_length < 3:
+            raise InputError(f"token encoder {self.model!r}: max_length must be at least 3, got {self.max_length}")
+        if self.batch_size < 1:
+            raise InputError(f"token encoder {self.model!r}: batch_size must be at least 1, got {self.batch_size}")
 
     @property
     def backend(self) -> Any:
