@@ -8,7 +8,8 @@ from dataclasses import field
 from typing import Any, Callable, Iterator
 
 from rag.errors import InputError
-from rag.registry import Component, declared_params
+from rag.protocols import BaseGenerator
+from rag.registry import declared_params
 from rag.types import Answer, Citation, Context, StageRecord, Trace
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -51,7 +52,7 @@ def parse_citations(text: str, context: Context) -> list[Citation]:
 
 
 @declared_params
-class GroundedGenerator(Component):
+class GroundedGenerator(BaseGenerator):
     """Answer from the context with a causal LM, citing passage numbers.
 
     ``model`` is a pack name (``qwen2.5-0.5b`` by default), a local path or a hub id. ``engine`` runs it
@@ -86,8 +87,6 @@ class GroundedGenerator(Component):
         >>> gen = GroundedGenerator(max_new_tokens=64)                      # doctest: +SKIP
         >>> answer = gen.generate("What caches calls?", Context.from_hits(hits))  # doctest: +SKIP
     """
-
-    role = "generator"
 
     model: str = "qwen2.5-0.5b"
     engine: str = "auto"
