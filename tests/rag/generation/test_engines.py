@@ -25,9 +25,13 @@ from rag.types import Chunk, Context, Hit
 # llama.cpp's sums also depend on where a sequence's cells lie in its shared cache (SIMD lane alignment,
 # padding of the cells attended): the same tokens read beside 1-256 other cells changed a top-two gap by up
 # to 0.74 and single logits by up to 2.2 (smollm2-135m, 2 prompts, 6 layouts; flips only at gaps under 0.1).
-NEAR_TIE = {"transformers:float32": 0.3, "transformers:bfloat16": 0.3, "llama.cpp": 1.0}
+# bfloat16 keeps 8 bits of mantissa, so a logit of 16-32 moves in steps of 0.125: on a CPU without native
+# BF16 (an AMD EPYC without AVX-512) the kernels round differently from one with AVX512-BF16, and a
+# speculative output took the other token at a gap of 0.375 (3 steps), and two reads of the same tokens
+# differed by up to 0.53 in one logit of 147,456, where the BF16 machine stayed within 0.3 and 0.5.
+NEAR_TIE = {"transformers:float32": 0.3, "transformers:bfloat16": 0.5, "llama.cpp": 1.0}
 # Largest difference of one logit between two reads of the same tokens (batch shapes, cache layouts).
-SAME_READ_ATOL = {"transformers:float32": 0.05, "transformers:bfloat16": 0.5, "llama.cpp": 2.5}
+SAME_READ_ATOL = {"transformers:float32": 0.05, "transformers:bfloat16": 0.75, "llama.cpp": 2.5}
 
 ENGINES = ["transformers:float32", "transformers:bfloat16", "llama.cpp"]
 
