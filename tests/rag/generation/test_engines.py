@@ -113,7 +113,12 @@ def test_speculative_decoding_reproduces_the_engines_own_plain_greedy(name):
             recycled = list(speculative_decode(lm, prompt, build_drafter(names), max_new_tokens=40, stats=stats,
                                                policy=WidthPolicy({1: 1.0, 4: 1.2, 8: 1.3})))
             check_same_or_near_tie(lm, prompt, plain, recycled)
-            assert stats.drafted.get("recycling", 0) > 0
+            # Alone it must draft; beside the passage drafters it drafts only where they have nothing, which
+            # depends on the output (on a CPU without BF16 the passages covered a whole bf16 answer).
+            if names[0].startswith("recycling"):
+                assert stats.drafted.get("recycling", 0) > 0
+            else:
+                assert sum(stats.drafted.values()) > 0
     assert drafted > 0  # the loop did speculate
 
 
