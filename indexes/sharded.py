@@ -60,7 +60,7 @@ from rag.errors import InputError, SpecragError
 from rag.io import atomic_directory
 from rag.lazy import require
 from rag.manifest import MANIFEST, SavedIndex, distinct_ids, read_manifest, verify_files, write_manifest
-from rag.protocols import text_batch
+from rag.protocols import missing_methods, text_batch
 from rag.registry import Component, PortableSpec, build, declared_params
 from rag.types import Chunk, Hit
 
@@ -215,9 +215,9 @@ class ShardedIndex(SavedIndex):
         template = build("index", self.shard)
         if isinstance(template, ShardedIndex):
             raise InputError(f"sharded index {name!r}: a shard cannot itself be a sharded index")
-        for method in ("add", "search", "delete", "save", "load"):
-            if not callable(getattr(template, method, None)):
-                raise InputError(f"sharded index {name!r}: shard index {template!r} has no {method}(); it must implement the Index protocol")
+        missing = missing_methods("index", template)  # a built instance passed as shard skips build's check
+        if missing:
+            raise InputError(f"sharded index {name!r}: shard index {template!r} has no {missing[0]}(); it must implement the Index protocol")
         if statistics not in STATISTICS:
             raise InputError(f"sharded index {name!r}: statistics must be one of {', '.join(STATISTICS)}, got {statistics!r}")
         if statistics == "global":
