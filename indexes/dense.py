@@ -17,6 +17,7 @@ On disk (format version 1) a saved index is a directory holding ``manifest.json`
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -37,6 +38,7 @@ KIND = "dense"
 VECTORS = "vectors.faiss"
 CHUNKS = "chunks.jsonl"
 METRIC = "ip"
+_DIRECT_MAP_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -229,6 +231,47 @@ class DenseIndex(SavedIndex):
             for row_scores, row_ids in zip(scores.tolist(), ids.tolist())
         ]
 
+    def score_chunks(self, query: str, chunk_ids: str | Sequence[str]) -> list[float]:
+        """The score :meth:`search` gives each of ``chunk_ids`` for ``query`` when it returns it, in their order.
+
+        Only these chunks are scored: the query is encoded as :meth:`search` encodes it and multiplied with
+        their stored vectors (:meth:`score_vectors`), whatever the ``kind``. For ``flat`` and ``hnsw`` the
+        stored vector is the chunk's embedding; for ``ivfpq`` it is the one faiss searches with (the list's
+        centroid plus the decoded residual), so the score is ``ivfpq``'s approximate one, not the exact
+        cosine. Whether approximate search would find the chunk at all (``nprobe``, ``ef_search``) does not
+        enter: the score is what search reports when it does. An id the index does not hold is an error;
+        one str is one id.
+
+            >>> index.score_chunks("what thins blood?", ["c1"])                  # doctest: +SKIP
+            [0.62...]
+        """
+        if not isinstance(query, str):
+            raise InputError(f"dense index {self.name!r}: score_chunks takes one query str, got {type(query).__name__}")
+        chunk_ids = text_batch(chunk_ids, f"dense index {self.name!r}", item="chunk id")
+        self._faiss_ids(chunk_ids)  # unknown ids fail before the model runs
+        if not chunk_ids:
+            return []
+        return self.score_vectors(self.encoder.encode_queries([query])[0], chunk_ids)
+
+    def score_vectors(self, vector: np.ndarray, chunk_ids: str | Sequence[str]) -> list[float]:
+        """Like :meth:`score_chunks`, for a query embedding computed beforehand (one float32 vector, or a
+        ``(1, d)`` row, as :meth:`search_vectors` takes them)."""
+        chunk_ids = text_batch(chunk_ids, f"dense index {self.name!r}", item="chunk id")
+        faiss_ids = self._faiss_ids(chunk_ids)
+        vector = np.asarray(vector, dtype=np.float32)
+        if vector.ndim == 2 and len(vector) == 1:
+            vector = vector[0]
+        if vector.ndim != 1:
+            raise InputError(f"dense index {self.name!r}: expected one query vector, got shape {vector.shape}")
+        if not chunk_ids:
+            return []
+        if vector.shape[0] != self._faiss.d:
+            raise InputError(
+                f"dense index {self.name!r}: the query vector is {vector.shape[0]}-d, the index holds {self._faiss.d}-d"
+            )
+        stored = self._stored_vectors(np.asarray(faiss_ids, dtype=np.int64))
+        return (stored @ vector).tolist()
+
     def remove(self, chunk_ids: list[str]) -> None:
         """Remove these chunks (:meth:`delete` is the public call). Kinds whose faiss index cannot remove
         vectors (HNSW) keep them as tombstones that searches skip; the space comes back when the index is rebuilt.
@@ -340,6 +383,29 @@ class DenseIndex(SavedIndex):
         if faiss_kind(self.kind).needs_training and faiss.try_extract_index_ivf(self._faiss) is not None:
             return faiss.SearchParametersIVF(nprobe=self.nprobe)
         return None
+
+    def _faiss_ids(self, chunk_ids: list[str]) -> list[int]:
+        """The faiss ids of these chunks; an id the index does not hold is an error naming it."""
+        try:
+            return [self._ids[chunk_id] for chunk_id in chunk_ids]
+        except KeyError as exc:
+            raise InputError(f"dense index {self.name!r}: chunk id {exc.args[0]!r} is not in the index") from None
+
+    def _stored_vectors(self, faiss_ids: np.ndarray) -> np.ndarray:
+        """The vectors faiss scores these ids with, ``(len(faiss_ids), d)`` float32.
+
+        IDMap2 kinds (flat, HNSW) reconstruct by id through their own id map. An IVF index finds an id's
+        list and offset only through a direct map, which faiss does not keep by default: the first call
+        makes a hash-table one (one pass over the lists; ids are arbitrary, so not the array kind), which
+        faiss then keeps up to date through adds and removes and saves with the index.
+        """
+        faiss = require("faiss", "dense", "faiss-cpu")
+        ivf = faiss.try_extract_index_ivf(self._faiss)
+        if ivf is not None and ivf.direct_map.type == faiss.DirectMap.NoMap:
+            with _DIRECT_MAP_LOCK:  # two first calls at once would both build it
+                if ivf.direct_map.type == faiss.DirectMap.NoMap:
+                    ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+        return np.asarray(self._faiss.reconstruct_batch(faiss_ids), dtype=np.float32).reshape(len(faiss_ids), -1)
 
     def _check_new_ids(self, chunks: list[Chunk]) -> None:
         batch: set[str] = set()

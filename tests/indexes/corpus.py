@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from rag.types import Chunk, Hit
 
@@ -34,3 +37,17 @@ def make_chunks(keys: list[str]) -> list[Chunk]:
 def ranked(results: list[list[Hit]]) -> list[list[tuple[str, float]]]:
     """For results of the same code path run twice (the same files searched again): ids and exact scores."""
     return [[(h.chunk.id, h.score) for h in hits] for hits in results]
+
+
+def check_scores_chunks(index: Any, queries: list[str], k: int) -> None:
+    """``index.score_chunks`` gives each hit of ``index.search(query, k)`` its score (within float rounding),
+    in the order of the ids asked for, so that ranking the ids by it gives search's order (ties aside)."""
+    for query in queries:
+        hits = index.search(query, k)[0]
+        assert hits, query
+        ids = [h.chunk.id for h in hits]
+        scores = index.score_chunks(query, ids)
+        assert isinstance(scores, list) and all(type(s) is float for s in scores)
+        assert scores == pytest.approx([h.score for h in hits], rel=1e-4, abs=1e-5), query
+        assert all(a >= b - max(1e-4 * abs(b), 1e-5) for a, b in zip(scores, scores[1:])), (query, scores)
+        assert index.score_chunks(query, ids[::-1]) == pytest.approx(scores[::-1], rel=1e-4, abs=1e-5)

@@ -12,9 +12,10 @@ from indexes.dense import DenseIndex
 from rag.encoders import SentenceEncoder
 from rag.errors import FormatVersionError, InputError
 from rag.manifest import ChecksumError
+from rag.protocols import ScoresChunks
 from rag.registry import build
 from rag.types import Chunk
-from tests.indexes.corpus import SENTENCES, make_chunks, ranked
+from tests.indexes.corpus import SENTENCES, check_scores_chunks, make_chunks, ranked
 
 QUERIES = ["what thins the blood", "capital city of France", "deepest ocean", "how is blood sugar controlled"]
 
@@ -328,6 +329,51 @@ def test_search_vectors_checks_its_input(index: DenseIndex, encoder: SentenceEnc
         index.search_vectors(np.ones((1, 3), dtype=np.float32))
     with pytest.raises(InputError, match="must be 2-d"):
         index.search_vectors(np.ones(384, dtype=np.float32))
+
+
+def test_score_chunks_gives_search_scores_for_the_ids_asked(index: DenseIndex, encoder: SentenceEncoder) -> None:
+    assert isinstance(index, ScoresChunks)
+    check_scores_chunks(index, QUERIES, k=len(SENTENCES))
+    vector = encoder.encode_queries([QUERIES[0]])
+    ids = ["violin#0", "aspirin#0", "violin#0"]  # any order, repeats allowed
+    assert index.score_vectors(vector, ids) == pytest.approx(index.score_chunks(QUERIES[0], ids), rel=1e-4, abs=1e-5)
+    assert index.score_vectors(vector[0], "paris#0") == pytest.approx(index.score_chunks(QUERIES[0], ["paris#0"]))
+    assert index.score_chunks(QUERIES[0], []) == [] and index.score_vectors(vector, []) == []
+    with pytest.raises(InputError, match=r"dense index 'dense': chunk id 'nope#0' is not in the index"):
+        index.score_chunks(QUERIES[0], ["paris#0", "nope#0"])
+    with pytest.raises(InputError, match="query vector is 3-d"):
+        index.score_vectors(np.ones(3, dtype=np.float32), ["paris#0"])
+    with pytest.raises(InputError, match="one query vector"):
+        index.score_vectors(np.ones((2, 384), dtype=np.float32), ["paris#0"])
+    with pytest.raises(InputError, match="one query str"):
+        index.score_chunks(QUERIES[:2], ["paris#0"])  # type: ignore[arg-type]
+    index.delete(["paris#0"])
+    with pytest.raises(InputError, match="'paris#0' is not in the index"):
+        index.score_chunks(QUERIES[1], ["paris#0"])
+    with pytest.raises(InputError, match="'paris#0' is not in the index"):
+        DenseIndex("minilm").score_chunks(QUERIES[1], ["paris#0"])
+    assert DenseIndex("minilm").score_chunks(QUERIES[1], []) == []
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivfpq"])
+def test_score_chunks_gives_the_approximate_kinds_own_scores(
+    kind: str, title_chunks: list[Chunk], encoder: SentenceEncoder, tmp_path: Path
+) -> None:
+    index = DenseIndex(kind=kind)
+    index.add(title_chunks)
+    queries = [c.text for c in title_chunks[:5]] + ["blood clots", "insulin resistance"]
+    check_scores_chunks(index, queries, k=10)
+    gone = [c.id for c in title_chunks[:3]]
+    index.delete(gone)  # HNSW keeps tombstones, IVF removes (and updates the direct map score_chunks made)
+    with pytest.raises(InputError, match=f"{gone[0]!r} is not in the index"):
+        index.score_chunks(queries[0], gone[:1])
+    index.add(title_chunks[:1])  # a deleted id comes back, with a new faiss id
+    check_scores_chunks(index, queries, k=10)
+    index.save(tmp_path / kind)
+    mapped = DenseIndex(kind=kind, mmap=True)
+    mapped.load(tmp_path / kind)
+    check_scores_chunks(mapped, queries, k=10)
+    assert ranked(mapped.search(queries, k=5)) == ranked(index.search(queries, k=5))
 
 
 def test_presets_name_the_approximate_kinds() -> None:
