@@ -38,6 +38,7 @@ class PipelineConfig(BaseModel):
     generator: ComponentSpec | None = None
     retrieve_k: int = Field(default=20, ge=1)
     budget_tokens: int | None = Field(default=None, ge=1)
+    loop: ComponentSpec | None = None
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

@@ -56,7 +56,8 @@ class Pipeline:
 
     ``retrieve_k`` hits come from the index; the filters (by default the best 5) cut them before the
     compressor (by default extractive, keeping a third of the tokens; ``None`` leaves it out) and the
-    generator. ``budget_tokens`` is handed to the compressor. The defaults are the ``fast`` recipe
+    generator. ``budget_tokens`` is handed to the compressor. A ``loop`` (``"ralm"``, ``"ircot"``:
+    :mod:`rag.iterative`) answers instead of the later stages, retrieving again as the answer grows. The defaults are the ``fast`` recipe
     (``Pipeline() == Pipeline.recipe("fast")``), chosen on its quality-latency front (eval/results/recipes.md).
     """
 
@@ -70,6 +71,7 @@ class Pipeline:
         generator: Spec | None = "grounded",
         retrieve_k: int = 20,
         budget_tokens: int | None = None,
+        loop: Spec | None = None,
     ) -> None:
         self.chunker = build("chunker", chunker)
         self.index = build("index", index)
@@ -81,6 +83,7 @@ class Pipeline:
             raise InputError(f"pipeline: retrieve_k must be at least 1, got {retrieve_k}")
         self.retrieve_k = retrieve_k
         self.budget_tokens = budget_tokens
+        self.loop = build("loop", loop) if loop is not None else None
 
     # -- configuration ---------------------------------------------------------------------------
 
@@ -95,8 +98,12 @@ class Pipeline:
             generator=ComponentSpec(**self.generator.to_config()) if self.generator else None,
             retrieve_k=self.retrieve_k,
             budget_tokens=self.budget_tokens,
+            loop=ComponentSpec(**self.loop.to_config()) if self.loop else None,
         )
-        return config.model_dump(mode="json")
+        data = config.model_dump(mode="json")
+        if data["loop"] is None:  # configs of single-shot pipelines stay as they were
+            del data["loop"]
+        return data
 
     @classmethod
     def from_config(cls, config: "str | Path | dict[str, Any]") -> "Pipeline":
@@ -109,6 +116,7 @@ class Pipeline:
             chunker=spec(parsed.chunker), index=spec(parsed.index), reranker=spec(parsed.reranker),
             filters=[spec(f) for f in parsed.filters], compressor=spec(parsed.compressor),
             generator=spec(parsed.generator), retrieve_k=parsed.retrieve_k, budget_tokens=parsed.budget_tokens,
+            loop=spec(parsed.loop),
         )
 
     @classmethod
@@ -206,6 +214,11 @@ class Pipeline:
         trace = Trace()
         trace.add(StageRecord(stage="retrieve", seconds=search_seconds, n_in=1, n_out=len(hits)))
         report(question, "retrieve", hits)
+        if self.loop is not None:  # an iterative loop takes over from the first retrieval
+            answer = self.loop.answer(self, question, hits, on_text=on_text, on_stage=on_stage)
+            for record in answer.trace.stages:
+                trace.add(record)
+            return Answer(text=answer.text, citations=answer.citations, hits=answer.hits, trace=trace)
         if self.reranker is not None:
             with trace.timed("rerank", n_in=len(hits)) as record:
                 hits = self.reranker.rerank(question, hits, len(hits))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Iterable, Iterator, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence, runtime_checkable
 
 from rag.errors import InputError
 from rag.registry import Component
@@ -62,6 +62,20 @@ class Index(Protocol):
     def load(self, directory: str | Path) -> None: ...
 
     def __len__(self) -> int: ...
+
+
+@runtime_checkable
+class ScoresChunks(Protocol):
+    """An index that can score chunks it holds for a query exactly as its ``search`` scores them (optional).
+
+    Speculative retrieval (:mod:`rag.iterative`) answers a retrieval from a small cache of chunks found
+    earlier for the same request: it ranks them with this method, so that its top hits equal what ``search``
+    would return whenever the true top hits are in the cache. ``score_chunks(query, ids)[i]`` is the score
+    ``search(query, k)`` gives chunk ``ids[i]`` when it returns it; an id the index does not hold is an
+    InputError naming it.
+    """
+
+    def score_chunks(self, query: str, chunk_ids: Sequence[str]) -> list[float]: ...
 
 
 @runtime_checkable
@@ -177,6 +191,26 @@ class BaseGenerator(Component):
         yield self.generate(query, context).text
 
 
+@runtime_checkable
+class Loop(Protocol):
+    """An answering loop that retrieves more than once per question (:mod:`rag.iterative`)."""
+
+    def answer(self, pipeline: Any, question: str, hits: list[Hit], on_text: Callable[[str], None] | None = None,
+               on_stage: Callable[[str, str, Any], None] | None = None) -> Answer: ...
+
+
+class BaseLoop(Component):
+    """Loops implement :meth:`answer`: given the pipeline (its index, filters, compressor and generator) and
+    the hits of the first retrieval (the question alone), answer the question, retrieving again as they
+    see fit; ``on_stage`` hears what they retrieved (the pipeline's stage observer)."""
+
+    role = "loop"
+
+    def answer(self, pipeline: Any, question: str, hits: list[Hit], on_text: Callable[[str], None] | None = None,
+               on_stage: Callable[[str, str, Any], None] | None = None) -> Answer:
+        raise NotImplementedError
+
+
 # The protocol a built component of each role must satisfy (checked by :func:`rag.registry.build`).
 ROLE_PROTOCOLS: dict[str, type] = {
     "chunker": Chunker,
@@ -185,6 +219,7 @@ ROLE_PROTOCOLS: dict[str, type] = {
     "filter": Filter,
     "compressor": Compressor,
     "generator": Generator,
+    "loop": Loop,
 }
 
 

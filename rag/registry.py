@@ -25,7 +25,7 @@ from typing import Any, Iterator, Mapping
 
 from rag.errors import InputError, UnknownComponentError
 
-ROLES = ("chunker", "index", "reranker", "filter", "compressor", "generator")
+ROLES = ("chunker", "index", "reranker", "filter", "compressor", "generator", "loop")
 # The entry-point group third-party packages declare components in (``role.name = module:Class``).
 ENTRY_POINT_GROUP = "specrag.components"
 
@@ -73,6 +73,10 @@ _REGISTRY: dict[str, dict[str, str]] = {
     "generator": {
         "grounded": "rag.generation.generator:GroundedGenerator",
     },
+    "loop": {
+        "ralm": "rag.iterative.ralm:IterativeRaLM",
+        "ircot": "rag.iterative.ircot:IRCoT",
+    },
 }
 
 
@@ -92,6 +96,9 @@ _PRESETS: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {
         "extractive+surprisal": ("compose", {"steps": ["extractive", "surprisal"]}),
     },
     "generator": {},
+    "loop": {
+        "ralm-naive": ("ralm", {"speculative": False}),
+    },
 }
 
 

@@ -65,7 +65,7 @@ def small(role: str, name: str) -> dict:
 
 
 @pytest.mark.parametrize("role,name", [(role, name) for role in ("chunker", "index", "reranker", "filter", "compressor",
-                                                                   "generator") for name in known(role)])
+                                                                   "generator", "loop") for name in known(role)])
 def test_every_component_builds_cheaply_and_round_trips_its_config(role, name):
     if (role, name) in NEEDS_A_PARAM:
         with pytest.raises(InputError, match=NEEDS_A_PARAM[role, name]):
@@ -113,6 +113,22 @@ def test_rerankers_return_k_hits_from_their_input(name):
     assert component.rerank(QUERY, [], 3) == []
     with pytest.raises(InputError):
         component.rerank(QUERY, given, 0)
+
+
+@pytest.mark.parametrize("name", names("loop"))
+def test_loops_answer_and_report_what_they_retrieved(name):
+    from rag.pipeline import Pipeline
+
+    pipeline = Pipeline(index="bm25s", compressor=None, loop=name, generator={"type": "grounded", "params": {
+        "model": "smollm2-135m", "engine": "transformers:float32", "answer_style": "short", "max_new_tokens": 8}})
+    pipeline.ingest([Document(id=key, text=text, title=key) for key, text in CORPUS.items()])
+    heard = []
+    answer = pipeline.ask(QUERY, on_stage=lambda q, stage, output: heard.append((stage, output)))
+    stages = [record.stage for record in answer.trace.stages]
+    assert stages[0] == "retrieve" and "loop" in stages and "generate" in stages
+    assert isinstance(answer.text, str) and answer.hits
+    shown = dict(heard)["loop"]
+    assert shown and {h.chunk.doc_id for h in shown} <= set(CORPUS)
 
 
 @pytest.mark.parametrize("name", [n for n in names("compressor") if n != "classifier"])
