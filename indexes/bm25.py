@@ -152,6 +152,36 @@ class BM25Index(SavedIndex):
             raise InputError(f"bm25 index {self.name!r}: Lucene failed on the queries: {java_message(exc)}") from None
         return [[Hit(chunk=chunks[hit.docid], score=float(hit.score), source=name) for hit in row] for row in rows]
 
+    def score_chunks(self, query: str, chunk_ids: str | Sequence[str]) -> list[float]:
+        """The score :meth:`search` gives each of ``chunk_ids`` for ``query`` when it returns it, in their order.
+
+        Lucene scores only these chunks: the query :meth:`search` sends (the same analysis, fields and
+        ``title_weight``), required to hold one of their ids (a filter, which adds nothing to the score), goes
+        through the same Anserini call, so the scores are Anserini's, rounded to four decimals as search
+        rounds them. Anserini also lowers each of a run of equal scores by 1e-6 per place in the run, so a
+        tied chunk's score can differ by that much depending on which other chunks are asked. A chunk that
+        search can never return scores 0.0: one with none of the query's terms, or one that is not in Lucene
+        at all (a blank text, see the module doc). An id the index does not hold is an error; one str is one id.
+        """
+        if not isinstance(query, str):
+            raise InputError(f"bm25 index {self.name!r}: score_chunks takes one query str, got {type(query).__name__}")
+        chunk_ids = text_batch(chunk_ids, f"bm25 index {self.name!r}", item="chunk id")
+        for chunk_id in chunk_ids:
+            if chunk_id not in self._chunks:
+                raise InputError(f"bm25 index {self.name!r}: chunk id {chunk_id!r} is not in the index")
+        wanted = sorted(set(chunk_ids))
+        if not wanted or self._lucene is None:
+            return [0.0] * len(chunk_ids)
+        searcher = self._lucene.searcher(self.k1, self.b)
+        try:
+            boosts = field_boosts(self.title_weight) if self.fields == "multifield" else None
+            text_query = bag_of_words(searcher, query, boosts)
+            found = searcher.search(only_ids(text_query, wanted), len(wanted))
+            scores = {hit.docid: float(hit.score) for hit in found}
+        except java_exception() as exc:
+            raise InputError(f"bm25 index {self.name!r}: Lucene failed on the query: {java_message(exc)}") from None
+        return [scores.get(chunk_id, 0.0) for chunk_id in chunk_ids]
+
     def remove(self, chunk_ids: list[str]) -> None:
         """Remove these chunks (:meth:`delete` is the public call) from a clone of the Lucene index."""
         in_lucene = [c for c in chunk_ids if self._record(self._chunks[c]) is not None]
@@ -216,3 +246,30 @@ class BM25Index(SavedIndex):
     def lucene_directory(self) -> Path | None:
         """The working Lucene index directory (read-only for callers: benchmarks open it with pyserini)."""
         return self._lucene.path if self._lucene is not None else None
+
+
+def bag_of_words(searcher: Any, query: str, boosts: Any = None) -> Any:
+    """The Lucene query Anserini's ``SimpleSearcher.search`` (``boosts`` None) or ``search_fields`` builds for
+    ``query``: its analyzer's terms as SHOULD clauses over ``contents``, or over each field of ``boosts``."""
+    from indexes.lucene import java_class
+
+    generator = java_class("io.anserini.search.query.BagOfWordsQueryGenerator")()
+    if boosts is None:
+        return generator.buildQuery("contents", searcher.get_analyzer(), query)
+    return generator.buildQuery(boosts, searcher.get_analyzer(), query)
+
+
+def only_ids(query: Any, chunk_ids: Sequence[str]) -> Any:
+    """``query`` restricted to the documents with these ids (Anserini's ``id`` field) by a FILTER clause:
+    Lucene then scores only those documents, and the filter adds nothing to their scores."""
+    from indexes.lucene import java_class
+
+    occur, bytes_ref = java_class("org.apache.lucene.search.BooleanClause$Occur"), java_class("org.apache.lucene.util.BytesRef")
+    terms = java_class("java.util.ArrayList")()
+    for chunk_id in chunk_ids:
+        # UTF-8, as Lucene stores a string field; naming the constructor saves pyjnius trying all five (half the time)
+        terms.add(bytes_ref(chunk_id.encode("utf-8"), signature="([B)V"))
+    builder = java_class("org.apache.lucene.search.BooleanQuery$Builder")()
+    builder.add(query, occur.MUST)
+    builder.add(java_class("org.apache.lucene.search.TermInSetQuery")("id", terms), occur.FILTER)
+    return builder.build()

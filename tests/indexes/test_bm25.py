@@ -19,9 +19,10 @@ import pytest
 from indexes.bm25 import BM25Index
 from rag.errors import FormatVersionError, InputError
 from rag.manifest import ChecksumError
+from rag.protocols import ScoresChunks
 from rag.registry import build
 from rag.types import Chunk, Hit
-from tests.indexes.corpus import DOCS, QUERIES, ROOT, make_chunks, ranked
+from tests.indexes.corpus import DOCS, QUERIES, ROOT, check_scores_chunks, make_chunks, ranked
 from tests.same_ranking import assert_same_ranking
 
 # Lucene adds a document's per-term scores in an order that can depend on the segment layout (an index
@@ -140,6 +141,47 @@ def test_blank_chunks_are_kept_but_never_match(tmp_path: Path) -> None:
     idx.save(tmp_path / "ix")
     assert len(BM25Index.open(tmp_path / "ix")) == 2
     assert idx.delete(["blank"]) == 1 and len(idx) == 1
+
+
+def test_score_chunks_gives_search_scores_for_the_ids_asked(index: BM25Index) -> None:
+    assert isinstance(index, ScoresChunks)
+    queries = [*QUERIES, "blood", "sugar glucose cells blood"]
+    check_scores_chunks(index, queries, k=len(DOCS))
+    check_scores_chunks(index, queries, k=2)
+    # Chunks search never returns for the query (no query term) score 0.
+    assert index.score_chunks("capital of France", ["violin#0", "paris#0", "violin#0"])[::2] == [0.0, 0.0]
+    assert index.score_chunks("the of and", ["paris#0"]) == [0.0]
+    assert index.score_chunks("blood", []) == []
+    assert index.score_chunks("fibrin", "clots#0") == index.score_chunks("fibrin", ["clots#0"])  # one str is one id
+    with pytest.raises(InputError, match=r"bm25 index 'bm25': chunk id 'nope' is not in the index"):
+        index.score_chunks("blood", ["clots#0", "nope"])
+    with pytest.raises(InputError, match="one query str"):
+        index.score_chunks(["blood"], ["clots#0"])  # type: ignore[arg-type]
+    index.k1, index.b = 1.2, 0.75  # search-time parameters: score_chunks follows them
+    check_scores_chunks(index, queries, k=4)
+    index.delete(["clots#0"])
+    check_scores_chunks(index, queries, k=4)
+    with pytest.raises(InputError, match="'clots#0' is not in the index"):
+        index.score_chunks("blood", ["clots#0"])
+
+
+def test_score_chunks_follows_multifield_title_weight_steps_and_blank_chunks() -> None:
+    multi = BM25Index(fields="multifield", title_weight=2.0)
+    keys = list(DOCS)
+    multi.add(make_chunks(keys[:4]))
+    multi.add(make_chunks(keys[4:]))  # a second segment
+    blank = Chunk(id="blank", doc_id="b", text=" ", start=0, end=1, title="Blood clots")  # not in Lucene
+    odd = Chunk(id="blüt#0 ü/\\\"", doc_id="x", text="Blut clots: blood in German.", start=0, end=28)
+    multi.add([blank, odd])
+    check_scores_chunks(multi, [*QUERIES, "blood clots", "programming"], k=len(DOCS) + 2)
+    assert multi.search(["blood clots"], k=20)[0][0].chunk.id != "blank"
+    assert multi.score_chunks("blood clots", ["blank"]) == [0.0]
+    assert multi.score_chunks("blut", [odd.id, "paris#0"])[0] > 0
+    empty = BM25Index()
+    empty.add([Chunk(id="blank", doc_id="b", text="", start=0, end=0)])  # nothing in Lucene at all
+    assert empty.score_chunks("blood", ["blank"]) == [0.0]
+    with pytest.raises(InputError, match="'paris#0' is not in the index"):
+        empty.score_chunks("blood", ["paris#0"])
 
 
 SEARCH_IN_CHILD = """
