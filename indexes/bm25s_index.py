@@ -100,6 +100,8 @@ class BM25sIndex(SavedIndex):
     _vocab: dict[str, int] = field(default_factory=dict, init=False)
     _term_ids: dict[str, np.ndarray] = field(default_factory=dict, init=False)
     _model: Any = field(default=None, init=False)  # bm25s.BM25 over self._rows, or None while empty
+    # chunk id -> row, built by the first score_chunks after a change (only its callers pay for the dict)
+    _row_of: dict[str, int] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         name, method = self.name, self.method
@@ -154,6 +156,36 @@ class BM25sIndex(SavedIndex):
                 [Hit(chunk=chunks[row], score=score, source=name) for row, score in zip(rows.tolist(), scores[rows].tolist())]
             )
         return results
+
+    def score_chunks(self, query: str, chunk_ids: str | Sequence[str]) -> list[float]:
+        """The score :meth:`search` gives each of ``chunk_ids`` for ``query`` when it returns it, in their order.
+
+        Only these chunks are scored: for each query term (in the query's order, repeats included, as bm25s
+        sums them) the chunks' entries are looked up in the term's column of the score matrix, and added in
+        the matrix's float type, so the scores are bm25s's own. A chunk without any of the query's terms
+        scores 0.0 (or, for ``bm25l`` and ``bm25+``, the non-occurrence score every chunk gets); search returns
+        only chunks scoring above 0. An id the index does not hold is an error; one str is one id.
+        """
+        if not isinstance(query, str):
+            raise InputError(f"bm25s index {self.name!r}: score_chunks takes one query str, got {type(query).__name__}")
+        chunk_ids = text_batch(chunk_ids, f"bm25s index {self.name!r}", item="chunk id")
+        for chunk_id in chunk_ids:
+            if chunk_id not in self._chunks:
+                raise InputError(f"bm25s index {self.name!r}: chunk id {chunk_id!r} is not in the index")
+        if not chunk_ids:
+            return []
+        model = self._model
+        if model is None:
+            return [0.0] * len(chunk_ids)
+        vocab = model.vocab_dict
+        token_ids = [vocab[t] for t in self.tokenize(query) if t in vocab]
+        if not token_ids:
+            return [0.0] * len(chunk_ids)  # search scores nothing for such a query
+        if self._row_of is None:
+            _sort_columns(model.scores)
+            self._row_of = {chunk_id: row for row, chunk_id in enumerate(self._chunks)}
+        rows = np.fromiter((self._row_of[c] for c in chunk_ids), dtype=np.int64, count=len(chunk_ids))
+        return _row_scores(model, token_ids, rows).tolist()
 
     def remove(self, chunk_ids: list[str]) -> None:
         """Remove these chunks and rebuild (:meth:`delete` is the public call)."""
@@ -277,6 +309,7 @@ class BM25sIndex(SavedIndex):
         rank = np.empty(len(ids), dtype=np.int64)
         rank[sorted(range(len(ids)), key=ids.__getitem__)] = np.arange(len(ids))
         self._chunks, self._rows, self._id_rank, self._model = chunks, list(chunks.values()), rank, model
+        self._row_of = None
 
 
 def lucene_length(length: int) -> int:
@@ -354,6 +387,45 @@ def _bm25s() -> Any:
     if logging.getLogger("bm25s").level == logging.DEBUG:
         logging.getLogger("bm25s").setLevel(logging.WARNING)
     return module
+
+
+def _sort_columns(scores: dict[str, Any]) -> None:
+    """Sort each column of bm25s's CSC score matrix by row, in place, unless it already is.
+
+    Both ways this index builds a matrix (bm25s's ``index`` and :func:`lucene_score_matrix`) leave the rows
+    of a column in order, and :func:`_row_scores` relies on it to find a row by bisection; a matrix from
+    elsewhere is sorted once. A column holds a row at most once, so the order changes no score.
+    """
+    indptr, indices = scores["indptr"], scores["indices"]
+    if np.isin(np.flatnonzero(np.diff(indices) <= 0) + 1, indptr).all():  # rows fall only where a column starts
+        return
+    column = np.repeat(np.arange(len(indptr) - 1, dtype=np.int64), np.diff(indptr))
+    order = np.lexsort((indices, column))
+    scores["indices"], scores["data"] = indices[order], scores["data"][order]
+
+
+def _row_scores(model: Any, token_ids: list[int], rows: np.ndarray) -> np.ndarray:
+    """What ``model.get_scores_from_ids(token_ids)[rows]`` holds, computed for those rows only.
+
+    bm25s adds each query term's column into a zeroed array of its ``dtype``, term by term (``np.add.at``),
+    then the non-occurrence scores; the same additions in the same order and type give the same floats.
+    """
+    scores = model.scores
+    data, indices, indptr = scores["data"], scores["indices"], scores["indptr"]
+    dtype = np.dtype(model.dtype)
+    query = np.asarray(token_ids, dtype=np.dtype(model.int_dtype))
+    result = np.zeros(len(rows), dtype=dtype)
+    for token in query.tolist():
+        start, end = int(indptr[token]), int(indptr[token + 1])
+        if start == end:
+            continue
+        column = indices[start:end]
+        at = np.minimum(np.searchsorted(column, rows), end - start - 1)
+        found = column[at] == rows
+        result[found] += data[start + at[found]]
+    if model.nonoccurrence_array is not None:
+        result += model.nonoccurrence_array[query].sum()
+    return result
 
 
 def _top_rows(scores: np.ndarray, k: int, id_rank: np.ndarray) -> np.ndarray:

@@ -14,9 +14,10 @@ from indexes.bm25s_index import BM25sIndex, lucene_length
 from rag.analysis import lucene_porter, tokenize
 from rag.errors import FormatVersionError, InputError
 from rag.manifest import ChecksumError
+from rag.protocols import ScoresChunks
 from rag.registry import build
 from rag.types import Chunk, Hit
-from tests.indexes.corpus import DOCS, QUERIES, ROOT, make_chunks, ranked
+from tests.indexes.corpus import DOCS, QUERIES, ROOT, check_scores_chunks, make_chunks, ranked
 
 TRICKY = [
     "The cells' biology of Alzheimer's disease, e.g. 1,000 vs. 2.5 mg/kg (p<0.05).",
@@ -109,6 +110,60 @@ def test_search_hits_and_edge_cases(index: BM25sIndex) -> None:
     assert BM25sIndex().search(["x"], k=2) == [[]] and index.search([], k=2) == []
     with pytest.raises(InputError, match="k must be at least 1"):
         index.search(["blood"], k=0)
+
+
+SCORED_QUERIES = [*QUERIES, "blood", "blood blood clots", "sugar glucose cells blood", "the largest"]
+
+
+def test_score_chunks_gives_search_scores_for_the_ids_asked(index: BM25sIndex, tmp_path: Path) -> None:
+    assert isinstance(index, ScoresChunks)
+    check_scores_chunks(index, SCORED_QUERIES, k=len(DOCS))
+    check_scores_chunks(index, SCORED_QUERIES, k=2)
+    every = [c.id for c in make_chunks(list(DOCS))]
+    for query in SCORED_QUERIES:  # every chunk, returned or not: bm25s's score, 0 without a query term
+        vocab = index._model.vocab_dict
+        full = index._model.get_scores_from_ids([vocab[t] for t in index.tokenize(query) if t in vocab])
+        assert index.score_chunks(query, every) == pytest.approx(full.tolist(), rel=1e-6, abs=1e-7)
+    assert index.score_chunks("capital of France", ["violin#0", "paris#0", "violin#0"])[::2] == [0.0, 0.0]
+    assert index.score_chunks("the of and zzzunknownzzz", every) == [0.0] * len(every)
+    assert index.score_chunks("blood", []) == [] and BM25sIndex().score_chunks("blood", []) == []
+    assert index.score_chunks("fibrin", "clots#0") == index.score_chunks("fibrin", ["clots#0"])  # one str is one id
+    with pytest.raises(InputError, match=r"bm25s index 'bm25s': chunk id 'nope' is not in the index"):
+        index.score_chunks("blood", ["clots#0", "nope"])
+    with pytest.raises(InputError, match="'nope' is not in the index"):
+        BM25sIndex().score_chunks("blood", ["nope"])
+    with pytest.raises(InputError, match="one query str"):
+        index.score_chunks(["blood"], ["clots#0"])  # type: ignore[arg-type]
+    index.delete(["clots#0"])  # rows move: the id -> row map follows
+    check_scores_chunks(index, SCORED_QUERIES, k=4)
+    with pytest.raises(InputError, match="'clots#0' is not in the index"):
+        index.score_chunks("blood", ["clots#0"])
+    index.add(make_chunks(["clots"]))
+    check_scores_chunks(index, SCORED_QUERIES, k=4)
+    index.save(tmp_path / "ix")
+    check_scores_chunks(BM25sIndex.open(tmp_path / "ix"), SCORED_QUERIES, k=4)
+
+
+@pytest.mark.parametrize(
+    "settings", [{"lucene_lengths": False}, {"method": "robertson", "lucene_lengths": False},
+                 {"method": "bm25+", "lucene_lengths": False}, {"stemmer": "none", "stopwords": "none"}],
+)
+def test_score_chunks_follows_every_scoring_setting(settings: dict) -> None:
+    index = BM25sIndex(**settings)
+    index.add(make_chunks(list(DOCS)))
+    check_scores_chunks(index, SCORED_QUERIES, k=3)
+
+
+def test_score_chunks_sorts_a_matrix_whose_columns_are_out_of_order(index: BM25sIndex) -> None:
+    before = [index.score_chunks(q, [c.id for c in make_chunks(list(DOCS))]) for q in SCORED_QUERIES]
+    fresh = BM25sIndex()
+    fresh.add(make_chunks(list(DOCS)))
+    scores = fresh._model.scores
+    for start, end in zip(scores["indptr"][:-1], scores["indptr"][1:]):  # reverse the rows of every column
+        scores["indices"][start:end] = scores["indices"][start:end][::-1].copy()
+        scores["data"][start:end] = scores["data"][start:end][::-1].copy()
+    after = [fresh.score_chunks(q, [c.id for c in make_chunks(list(DOCS))]) for q in SCORED_QUERIES]
+    assert after == [pytest.approx(b, rel=1e-6, abs=1e-7) for b in before]
 
 
 def test_ties_are_broken_by_chunk_id_even_at_the_cut() -> None:
