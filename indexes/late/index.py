@@ -226,15 +226,8 @@ class LateInteractionIndex(SavedIndex):
         nprobe = min(self.nprobe if nprobe is None else nprobe, nlist)
         candidates = self.candidates if candidates is None else candidates
         list_offsets, list_docs = self._lists
-        sims = query @ self._centroids.T  # (query tokens, centroids)
         n_tokens, n_docs = len(query), len(self)
-        if nprobe < nlist:
-            part = np.argpartition(-sims, nprobe, axis=1)[:, : nprobe + 1]
-        else:
-            part = np.repeat(np.arange(nlist)[None, :], n_tokens, axis=0)
-        part_scores = np.take_along_axis(sims, part, axis=1)
-        order = np.argsort(-part_scores, axis=1, kind="stable")
-        part, part_scores = np.take_along_axis(part, order, axis=1), np.take_along_axis(part_scores, order, axis=1)
+        part, part_scores = self._nearest_centroids(query, nprobe)
         probes, probe_scores = part[:, :nprobe], part_scores[:, :nprobe]
         floor = part_scores[:, nprobe] if nprobe < nlist else part_scores[:, -1]
         approx = np.repeat(floor[:, None], n_docs, axis=1)
@@ -256,17 +249,82 @@ class LateInteractionIndex(SavedIndex):
             pool = np.sort(pool[top_positions(approx[:, pool].sum(axis=0), candidates)])
         return pool, probes
 
+    def _nearest_centroids(self, query: np.ndarray, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
+        """Each query token's ``nprobe + 1`` most similar centroids (all ``nlist`` when ``nprobe >= nlist``),
+        best first (ties by centroid id), and their similarities: ``(query tokens, nprobe + 1)`` arrays.
+
+        One function for stage 1 and :meth:`score_encoded`, so that both prune with the same probes."""
+        nlist = len(self._centroids)
+        sims = query @ self._centroids.T  # (query tokens, centroids)
+        if nprobe < nlist:
+            part = np.argpartition(-sims, nprobe, axis=1)[:, : nprobe + 1]
+        else:
+            part = np.repeat(np.arange(nlist)[None, :], len(query), axis=0)
+        part_scores = np.take_along_axis(sims, part, axis=1)
+        order = np.argsort(-part_scores, axis=1, kind="stable")
+        return np.take_along_axis(part, order, axis=1), np.take_along_axis(part_scores, order, axis=1)
+
+    def _kept_centroids(self, probes: np.ndarray) -> np.ndarray | None:
+        """Which centroids' tokens stage 2 scores (a bool per centroid), or None for all of them."""
+        if probes.shape[1] >= len(self._centroids):
+            return None
+        # Only tokens in a centroid probed by some query token are scored (PLAID-style pruning).
+        keep = np.zeros(len(self._centroids), dtype=bool)
+        keep[probes.ravel()] = True
+        return keep
+
     def _rank_one(self, query: np.ndarray, k: int, nprobe: int, candidates: int) -> list[tuple[int, float]]:
         rows, probes = self._candidates(query, nprobe, candidates)
         if len(rows) == 0:
             return []
-        keep = None
-        if probes.shape[1] < len(self._centroids):
-            # Only tokens in a centroid probed by some query token are scored (PLAID-style pruning).
-            keep = np.zeros(len(self._centroids), dtype=bool)
-            keep[probes.ravel()] = True
-        scores = self._store.scores(query, rows, codes=self._codes, keep=keep)
+        scores = self._store.scores(query, rows, codes=self._codes, keep=self._kept_centroids(probes))
         return [(int(rows[i]), float(scores[i])) for i in top_positions(scores, k)]
+
+    def score_chunks(self, query: str, chunk_ids: str | Sequence[str]) -> list[float]:
+        """The score :meth:`search` gives each of ``chunk_ids`` for ``query`` when it returns it, in their order.
+
+        Only these chunks are scored, by stage 2 as search scores a candidate: MaxSim of the query's token
+        vectors against the chunk's stored ones, skipping the tokens whose centroid no query token probes
+        (none skipped with ``exhaustive`` or ``nprobe >= nlist``). Whether stage 1 would make the chunk a
+        candidate does not enter. An id the index does not hold is an error; one str is one id.
+        """
+        if not isinstance(query, str):
+            raise InputError(f"late index {self.name!r}: score_chunks takes one query str, got {type(query).__name__}")
+        chunk_ids = text_batch(chunk_ids, f"late index {self.name!r}", item="chunk id")
+        self._row_numbers(chunk_ids)  # unknown ids fail before the model runs
+        if not chunk_ids:
+            return []
+        return self.score_encoded(self.encode_queries([query])[0], chunk_ids)
+
+    def score_encoded(
+        self, query: np.ndarray, chunk_ids: str | Sequence[str], exhaustive: bool | None = None,
+        nprobe: int | None = None,
+    ) -> list[float]:
+        """Like :meth:`score_chunks`, for one query's token vectors from :meth:`encode_queries`; ``None``
+        overrides mean this index's settings, as in :meth:`search_encoded`."""
+        chunk_ids = text_batch(chunk_ids, f"late index {self.name!r}", item="chunk id")
+        rows = self._row_numbers(chunk_ids)
+        if not len(rows):
+            return []
+        query = np.asarray(query, dtype=np.float32)
+        if query.ndim != 2 or query.shape[1] != self._store.dimension:
+            raise InputError(
+                f"late index {self.name!r}: expected one query's token vectors ({self._store.dimension}-d rows), "
+                f"got shape {query.shape}"
+            )
+        exhaustive = self.exhaustive if exhaustive is None else exhaustive
+        if exhaustive:
+            return self._store.scores(query, rows).tolist()
+        nprobe = min(self.nprobe if nprobe is None else nprobe, len(self._centroids))
+        keep = self._kept_centroids(self._nearest_centroids(query, nprobe)[0][:, :nprobe])
+        return self._store.scores(query, rows, codes=self._codes, keep=keep).tolist()
+
+    def _row_numbers(self, chunk_ids: list[str]) -> np.ndarray:
+        """The storage rows of these chunks; an id the index does not hold is an error naming it."""
+        try:
+            return np.array([self._rows[chunk_id] for chunk_id in chunk_ids], dtype=np.int64)
+        except KeyError as exc:
+            raise InputError(f"late index {self.name!r}: chunk id {exc.args[0]!r} is not in the index") from None
 
     def remove(self, chunk_ids: list[str]) -> None:
         """Remove these chunks' rows and tokens (:meth:`delete` is the public call)."""

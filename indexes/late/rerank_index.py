@@ -111,6 +111,45 @@ class LateRerankIndex(SavedIndex):
             )
         return results
 
+    def score_chunks(self, query: str, chunk_ids: str | Sequence[str]) -> list[float]:
+        """The score :meth:`search` gives each of ``chunk_ids`` for ``query`` when it returns it, in their order:
+        exact MaxSim of the query's token vectors against the chunk's stored ones, for these chunks only.
+
+        Whether BM25 would put a chunk in its top ``depth`` does not enter (search never returns one it does
+        not, a chunk with a blank text included; its MaxSim is still given). An id the index does not hold
+        is an error; one str is one id.
+        """
+        if not isinstance(query, str):
+            raise InputError(
+                f"late-rerank index {self.name!r}: score_chunks takes one query str, got {type(query).__name__}"
+            )
+        chunk_ids = text_batch(chunk_ids, f"late-rerank index {self.name!r}", item="chunk id")
+        self._row_numbers(chunk_ids)  # unknown ids fail before the model runs
+        if not chunk_ids:
+            return []
+        return self.score_encoded(query_vectors(self._encoder, self.name, [query])[0], chunk_ids)
+
+    def score_encoded(self, query: np.ndarray, chunk_ids: str | Sequence[str]) -> list[float]:
+        """Like :meth:`score_chunks`, for one query's token vectors (as :meth:`search_encoded` takes them)."""
+        chunk_ids = text_batch(chunk_ids, f"late-rerank index {self.name!r}", item="chunk id")
+        rows = self._row_numbers(chunk_ids)
+        if not len(rows):
+            return []
+        query = np.asarray(query, dtype=np.float32)
+        if query.ndim != 2 or query.shape[1] != self._store.dimension:
+            raise InputError(
+                f"late-rerank index {self.name!r}: expected one query's token vectors ({self._store.dimension}-d "
+                f"rows), got shape {query.shape}"
+            )
+        return self._store.scores(query, rows).tolist()
+
+    def _row_numbers(self, chunk_ids: list[str]) -> np.ndarray:
+        """The storage rows of these chunks; an id the index does not hold is an error naming it."""
+        try:
+            return np.array([self._rows[chunk_id] for chunk_id in chunk_ids], dtype=np.int64)
+        except KeyError as exc:
+            raise InputError(f"late-rerank index {self.name!r}: chunk id {exc.args[0]!r} is not in the index") from None
+
     def remove(self, chunk_ids: list[str]) -> None:
         """Remove these chunks from BM25 and the token store (:meth:`delete` is the public call)."""
         rows = sorted(self._rows[c] for c in chunk_ids)

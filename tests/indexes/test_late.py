@@ -20,9 +20,10 @@ from indexes.late import (
     text_of,
 )
 from rag.errors import FormatVersionError, InputError
+from rag.protocols import ScoresChunks
 from rag.registry import build
 from rag.types import Chunk
-from tests.indexes.corpus import DOCS, QUERIES, make_chunks, ranked
+from tests.indexes.corpus import DOCS, QUERIES, check_scores_chunks, make_chunks, ranked
 from tests.same_ranking import assert_same_ranking
 
 @pytest.fixture(scope="module")
@@ -88,6 +89,47 @@ def test_candidate_search_equals_brute_force_when_every_list_is_probed(index: La
     assert_same_ranking(full, brute, rel=1e-5, abs=1e-6)
     narrow = index.search_encoded(vectors, k=len(DOCS), exhaustive=False, nprobe=1, candidates=2)
     assert all(len(hits) <= 2 for hits in narrow)  # only candidates are scored
+
+
+SCORED_QUERIES = [*QUERIES, "blood sugar", "what stops bleeding"]
+
+
+def test_score_chunks_gives_search_scores_for_the_ids_asked(index: LateInteractionIndex, tmp_path: Path) -> None:
+    assert isinstance(index, ScoresChunks)
+    check_scores_chunks(index, SCORED_QUERIES, k=len(DOCS))  # candidate search, pruned tokens
+    every = [c.id for c in make_chunks(list(DOCS))]
+    for query in SCORED_QUERIES:
+        (vectors,) = index.encode_queries([query])
+        # How many candidates go on changes which chunks are returned, never their scores.
+        hits = index.search_encoded([vectors], k=len(DOCS), candidates=len(DOCS))[0]
+        by_id = dict(zip(every, index.score_encoded(vectors, every)))
+        assert [by_id[h.chunk.id] for h in hits] == pytest.approx([h.score for h in hits], rel=1e-4, abs=1e-5)
+        for overrides in ({"exhaustive": True}, {"nprobe": 8}):
+            hits = index.search_encoded([vectors], k=len(DOCS), **overrides)[0]
+            ids = [h.chunk.id for h in hits]
+            scores = index.score_encoded(vectors, ids, **overrides)
+            assert scores == pytest.approx([h.score for h in hits], rel=1e-4, abs=1e-5)
+    assert index.score_chunks("blood", []) == [] and LateInteractionIndex().score_chunks("blood", []) == []
+    assert index.score_chunks("fibrin", "clots#0") == index.score_chunks("fibrin", ["clots#0"])  # one str is one id
+    with pytest.raises(InputError, match=r"late index 'late': chunk id 'nope' is not in the index"):
+        index.score_chunks("blood", ["clots#0", "nope"])
+    with pytest.raises(InputError, match="one query str"):
+        index.score_chunks(["blood"], ["clots#0"])  # type: ignore[arg-type]
+    with pytest.raises(InputError, match=r"one query's token vectors \(384-d rows\), got shape \(3,\)"):
+        index.score_encoded(np.ones(3, dtype=np.float32), ["clots#0"])
+    index.delete(["clots#0"])  # rows move
+    with pytest.raises(InputError, match="'clots#0' is not in the index"):
+        index.score_chunks("blood", ["clots#0"])
+    check_scores_chunks(index, SCORED_QUERIES, k=len(DOCS))
+    index.save(tmp_path / "late")
+    check_scores_chunks(LateInteractionIndex.open(tmp_path / "late"), SCORED_QUERIES, k=len(DOCS))
+
+
+def test_score_chunks_of_exhaustive_and_fully_probed_indexes(encoder: TokenEncoder) -> None:
+    for settings in ({"exhaustive": True}, {"nlist": 4, "nprobe": 4, "candidates": 100}):
+        index = LateInteractionIndex("minilm", **settings)
+        index.add(make_chunks(list(DOCS)))
+        check_scores_chunks(index, SCORED_QUERIES, k=len(DOCS))
 
 
 def test_default_nlist_is_four_per_sqrt_token_capped_by_the_sample() -> None:
@@ -238,6 +280,32 @@ def test_late_rerank_index_reranks_bm25_top_depth(encoder: TokenEncoder, tmp_pat
     before = ranked(idx.search(QUERIES, k=3))
     idx.save(tmp_path / "rr")
     assert ranked(LateRerankIndex.open(tmp_path / "rr").search(QUERIES, k=3)) == before
+
+
+def test_late_rerank_index_score_chunks_gives_search_scores(encoder: TokenEncoder, tmp_path: Path) -> None:
+    idx = LateRerankIndex(depth=3)
+    idx.add(make_chunks(list(DOCS)))
+    assert isinstance(idx, ScoresChunks)
+    check_scores_chunks(idx, SCORED_QUERIES, k=10)
+    # A chunk outside BM25's top depth is never returned, but has its MaxSim all the same.
+    query = "blood clots and platelets"
+    outside = [c for c in make_chunks(list(DOCS)) if c.id not in {h.chunk.id for h in idx.search(query, k=10)[0]}]
+    assert outside
+    expected = reference_scores(encoder, query, outside)
+    assert idx.score_chunks(query, [c.id for c in outside]) == pytest.approx(expected.tolist(), abs=1e-2)
+    (vectors,) = idx._encoder.encode_queries([query])
+    assert idx.score_encoded(vectors, "paris#0") == pytest.approx(idx.score_chunks(query, ["paris#0"]), rel=1e-5)
+    assert idx.score_chunks(query, []) == []
+    with pytest.raises(InputError, match=r"late-rerank index 'late-rerank': chunk id 'nope' is not in the index"):
+        idx.score_chunks(query, ["nope"])
+    with pytest.raises(InputError, match="one query str"):
+        idx.score_chunks([query], ["paris#0"])  # type: ignore[arg-type]
+    idx.delete(["aspirin#0"])
+    with pytest.raises(InputError, match="'aspirin#0' is not in the index"):
+        idx.score_chunks(query, ["aspirin#0"])
+    check_scores_chunks(idx, SCORED_QUERIES, k=10)
+    idx.save(tmp_path / "rr")
+    check_scores_chunks(LateRerankIndex.open(tmp_path / "rr"), SCORED_QUERIES, k=10)
 
 
 def _tiny_colbert(folder: Path) -> None:
