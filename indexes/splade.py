@@ -43,6 +43,7 @@ from dataclasses import field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from indexes.bm25 import only_ids
 from indexes.lucene import anserini_version, java_exception, java_message, run_java
 from indexes.lucene_dir import LuceneDir, save_lucene
 from indexes.splade_encoder import DEFAULT_SCALE, SpladeEncoder, quantize
@@ -91,6 +92,8 @@ class SpladeIndex(SavedIndex):
     _lucene: LuceneDir | None = field(default=None, init=False)
     # Anserini's searcher and the directory it reads
     _searcher: tuple[LuceneDir, Any] | None = field(default=None, init=False)
+    # a plain Lucene searcher with Anserini's impact similarity, for score_chunks, and the directory it reads
+    _scorer: tuple[LuceneDir, Any] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.scale, bool) or not isinstance(self.scale, int) or self.scale < 1:
@@ -159,6 +162,35 @@ class SpladeIndex(SavedIndex):
             for row in rows
         ]
 
+    def score_chunks(self, query: str, chunk_ids: str | Sequence[str]) -> list[float]:
+        """The score :meth:`search` gives each of ``chunk_ids`` for ``query`` when it returns it, in their order.
+
+        The query is encoded and quantised as :meth:`search` encodes a single query, and Lucene scores only
+        these chunks (the same impact query, restricted to their ids by a filter that adds nothing to the
+        score): the integer dot product, exact, divided by ``scale ** 2``. A batch given to :meth:`search`
+        encodes each query padded beside the others, and that float noise can round a query weight the
+        other way, so its scores can differ from these by one quantisation step of one term. A chunk with
+        no term in common with the query, or not in Lucene at all (every weight rounded to 0), scores 0.0:
+        search never returns it. An id the index does not hold is an error; one str is one id.
+        """
+        if not isinstance(query, str):
+            raise InputError(f"splade index {self.name!r}: score_chunks takes one query str, got {type(query).__name__}")
+        chunk_ids = text_batch(chunk_ids, f"splade index {self.name!r}", item="chunk id")
+        for chunk_id in chunk_ids:
+            if chunk_id not in self._chunks:
+                raise InputError(f"splade index {self.name!r}: chunk id {chunk_id!r} is not in the index")
+        if not chunk_ids:
+            return []
+        (weights,) = self._term_weights(self.query_vectors([query]))
+        if self._lucene is None or not weights:
+            return [0.0] * len(chunk_ids)
+        try:
+            found = _impact_scores(self._impact_scorer(), weights, sorted(set(chunk_ids)))
+        except java_exception() as exc:
+            raise InputError(f"splade index {self.name!r}: Lucene failed on the query: {java_message(exc)}") from None
+        norm = float(self.scale) ** 2
+        return [found.get(chunk_id, 0.0) / norm for chunk_id in chunk_ids]
+
     def remove(self, chunk_ids: list[str]) -> None:
         """Remove these chunks (:meth:`delete` is the public call) from a clone of the Lucene index."""
         if self._lucene is not None:
@@ -210,7 +242,7 @@ class SpladeIndex(SavedIndex):
         lucene = LuceneDir.open_saved(directory / LUCENE, documents, f"the manifest records {documents}")
         if self._lucene is not None:
             self._lucene.close()
-        self._chunks, self._lucene, self._searcher = chunks, lucene, None
+        self._chunks, self._lucene, self._searcher, self._scorer = chunks, lucene, None, None
 
     # -- helpers -----------------------------------------------------------------------------------
 
@@ -258,7 +290,53 @@ class SpladeIndex(SavedIndex):
         return self._searcher[1]
 
 
+    def _impact_scorer(self) -> Any:
+        """A Lucene ``IndexSearcher`` over the working directory with the similarity Anserini's impact searcher
+        uses (``SimpleImpactSearcher`` takes no Lucene query, so :meth:`score_chunks` cannot filter through it)."""
+        lucene = self._lucene
+        assert lucene is not None
+        if self._scorer is None or self._scorer[0] is not lucene:
+            similarity = self._impact_searcher().get_similarity()
+            directory, reader = run_java(lambda: _open_reader(lucene.path), f"opening {lucene.path}")
+            lucene._open.extend([reader, directory])  # closed with their directory, reader first
+            # named: pyjnius would otherwise pick the IndexReaderContext constructor for a DirectoryReader
+            searcher = _java("org.apache.lucene.search.IndexSearcher")(
+                reader, signature="(Lorg/apache/lucene/index/IndexReader;)V"
+            )
+            searcher.setSimilarity(similarity)
+            self._scorer = (lucene, searcher)
+        return self._scorer[1]
+
+
 # -- Lucene ------------------------------------------------------------------------------------------
+
+
+def _java(name: str) -> Any:
+    from indexes.lucene import java_class
+
+    return java_class(name)
+
+
+def _open_reader(path: Path) -> tuple[Any, Any]:
+    """A Lucene directory and a reader of the index at ``path``."""
+    directory = _java("org.apache.lucene.store.FSDirectory").open(_java("java.io.File")(str(path)).toPath())
+    try:
+        return directory, _java("org.apache.lucene.index.DirectoryReader").open(directory)
+    except BaseException:
+        directory.close()
+        raise
+
+
+def _impact_scores(searcher: Any, weights: dict[str, int], chunk_ids: list[str]) -> dict[str, float]:
+    """Lucene's impact score (the integer dot product) of each of ``chunk_ids`` that shares a term with the
+    query ``weights``, through the query ``SimpleImpactSearcher.search`` builds (its weights as floats)."""
+    floats, number = _java("java.util.HashMap")(), _java("java.lang.Float")
+    for term, weight in weights.items():
+        floats.put(term, number(float(weight)))
+    query = _java("io.anserini.search.query.BagOfWordsQueryGenerator")().buildQuery("contents", floats)
+    top = searcher.search(only_ids(query, chunk_ids), len(chunk_ids))
+    stored = searcher.storedFields()
+    return {stored.document(hit.doc).get("id"): float(hit.score) for hit in top.scoreDocs}
 
 
 # Anserini's arguments for records that carry their own term weights (``{"id", "contents", "vector"}``).

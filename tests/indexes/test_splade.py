@@ -17,9 +17,10 @@ import pytest
 from indexes.splade import SpladeIndex
 from indexes.splade_encoder import SpladeEncoder, quantize
 from rag.errors import FormatVersionError, InputError
+from rag.protocols import ScoresChunks
 from rag.registry import build
 from rag.types import Chunk, Hit
-from tests.indexes.corpus import DOCS, ROOT, make_chunks, ranked
+from tests.indexes.corpus import DOCS, ROOT, check_scores_chunks, make_chunks, ranked
 
 QUERIES = ["blood clots and platelets", "capital of France", "deepest ocean", "glucose for energy", "violin music"]
 
@@ -124,6 +125,47 @@ def test_lucene_impact_scores_equal_the_exact_dot_product_of_quantised_vectors(
     # one in a batch, and that float noise can round one of its weights the other way.
     alone = built.search(QUERIES[1:2], k=3)
     assert ranked(alone) == exact_ranking(built.query_vectors(QUERIES[1:2]), documents, chunks, built.scale, 3)
+
+
+def test_score_chunks_gives_search_scores_for_the_ids_asked(built: SpladeIndex, encoder: SpladeEncoder) -> None:
+    assert isinstance(built, ScoresChunks)
+    queries = [*QUERIES, "blood", "sugar glucose cells blood"]
+    check_scores_chunks(built, queries, k=len(DOCS))
+    check_scores_chunks(built, queries, k=2)
+    # Every chunk, returned or not: the exact dot product of the quantised vectors (0 without a shared term).
+    chunks = make_chunks(list(DOCS))
+    documents = quantize(encoder.encode_documents([built.text_of(c) for c in chunks]), built.scale)
+    for query in queries[:3]:
+        exact = (built.query_vectors([query]) @ documents.T).toarray()[0] / built.scale**2
+        assert built.score_chunks(query, [c.id for c in chunks]) == pytest.approx(exact.tolist(), rel=1e-6, abs=1e-9)
+    assert built.score_chunks("blood", []) == []
+    assert built.score_chunks("fibrin", "clots#0") == built.score_chunks("fibrin", ["clots#0"])  # one str is one id
+    with pytest.raises(InputError, match=r"splade index 'splade': chunk id 'nope' is not in the index"):
+        built.score_chunks("blood", ["clots#0", "nope"])
+    with pytest.raises(InputError, match="one query str"):
+        built.score_chunks(["blood"], ["clots#0"])  # type: ignore[arg-type]
+
+
+def test_score_chunks_follows_adds_deletes_and_reloads(tmp_path: Path) -> None:
+    idx = SpladeIndex(name="sp")
+    idx.add(make_chunks(list(DOCS)[:4]))
+    check_scores_chunks(idx, QUERIES[:2], k=4)
+    idx.add(make_chunks(list(DOCS)[4:]))
+    check_scores_chunks(idx, QUERIES, k=len(DOCS))  # the scorer reopens on the new directory
+    from scipy.sparse import csr_matrix
+
+    zero = Chunk(id="zero", doc_id="z", text="x", start=0, end=1)  # every weight rounded to 0: not in Lucene
+    idx._add_vectors([zero], csr_matrix((1, len(idx.encoder.vocabulary)), dtype=np.int32))
+    assert idx.score_chunks("blood", ["zero", "aspirin#0"])[0] == 0.0
+    idx.delete(["clots#0"])
+    with pytest.raises(InputError, match="'clots#0' is not in the index"):
+        idx.score_chunks("blood", ["clots#0"])
+    check_scores_chunks(idx, QUERIES, k=len(DOCS))
+    idx.save(tmp_path / "sp")
+    check_scores_chunks(SpladeIndex.open(tmp_path / "sp"), QUERIES, k=len(DOCS))
+    assert SpladeIndex().score_chunks("blood", []) == []
+    with pytest.raises(InputError, match="'paris#0' is not in the index"):
+        SpladeIndex().score_chunks("blood", ["paris#0"])
 
 
 def test_queries_k_and_empty_indexes(built: SpladeIndex) -> None:
