@@ -41,6 +41,7 @@ bench: packs
 	$(BIN)/python -m bench.encoders --encoder dense --threads 2
 	$(BIN)/python -m bench.encoders --encoder splade --threads 2
 	$(BIN)/python -m bench.encoders --encoder late --threads 2
+	$(BIN)/python -m bench.iterative --data ../shared/data/hotpotqa-dev-fullwiki-500 --limit 100 --indexes dense,late --threads 1
 	$(BIN)/specrag --threads 2 bench engines --model qwen2.5-0.5b --data ../shared/data/squad-v1.1-dev --n 20 --threads 2
 
 install: $(STAMP)

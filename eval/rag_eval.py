@@ -8,7 +8,10 @@ answers every question. Per question the harness records, for each stage that ra
 - ``recall``: 1 when some chunk that stage passed on is *useful* (its text contains a gold answer, by
   :func:`eval.qa.contains_answer`, or its document is relevant by the qrels), else 0; after compression the
   kept passage text is what must contain the answer. Stages: ``retrieve``, ``rerank``, ``filter`` (the
-  output of each filter in turn: ``filter``, ``filter.2``, ...), ``compress``;
+  output of each filter in turn: ``filter``, ``filter.2``, ...), ``compress``, and ``loop`` (every chunk an
+  iterative loop showed the model); ``recall_all``: 1 when *every* relevant document of the question (by
+  the qrels of ``--split``; multi-hop: both gold passages, ``--split test_gold_complete`` on the HotpotQA
+  sample) is among the stage's output, for questions with qrels;
 - seconds, items in and out and tokens in and out (from the answer's trace);
 - for the generator: exact match, token F1 and containment of the answer (citation markers stripped first),
   citation precision (the share of cited chunks that are useful, as above), tokens/s, and every other
@@ -74,9 +77,12 @@ def score_answer(question: QAQuestion, answer: Answer, stage_outputs: Sequence[t
     prediction = strip_citations(answer.text)
     texts: dict[str, tuple[str, str]] = {}  # chunk id -> (text, doc id), for citations
     recall: dict[str, float] = {}
+    recall_all: dict[str, float] = {}  # every relevant document among a stage's output (multi-hop: both gold)
     for stage, output in stage_outputs:
         items = _items(output)
         recall[stage] = float(any(is_useful(text, doc_id, question) for _, text, doc_id in items))
+        if question.relevant:
+            recall_all[stage] = float(question.relevant <= {doc_id for _, _, doc_id in items})
         if not isinstance(output, Context):  # citations name chunks; score the chunk's full text
             texts.update({chunk_id: (text, doc_id) for chunk_id, text, doc_id in items})
     for hit in answer.hits:
@@ -96,6 +102,7 @@ def score_answer(question: QAQuestion, answer: Answer, stage_outputs: Sequence[t
         "citations": cited,
         "citation_precision": useful_cited / len(cited) if cited else None,
         "recall": recall,
+        "recall_all": recall_all,
         "context_tokens": generate["tokens_in"] if generate else None,
         "answer_tokens": generate["tokens_out"] if generate else None,
         "stages": stages,
@@ -185,6 +192,9 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         values = [r["recall"][name] for r in records if name in r.get("recall", {})]
         if values:
             metrics[f"recall.{name}"] = _mean(values)
+        values = [r["recall_all"][name] for r in records if name in r.get("recall_all", {})]
+        if values:
+            metrics[f"recall_all.{name}"] = _mean(values)
     timing: dict[str, Any] = {}
     extras_mean: dict[str, Any] = {}
     stages: dict[str, dict[str, Any]] = {}

@@ -6,8 +6,8 @@ depends on what the first one found: the first step's passages name the director
 says so, and that sentence (with the question) is the next query. The reasoning runs as one chat on the
 generator's engine: passages and the question, the model's sentence, then the next passages as a new user
 turn, and so on, so each step reads only the new passages (the earlier turns stay in the KV cache). The
-reasoning stops when the model writes "the answer is", after ``max_steps`` steps, or when a step retrieves
-nothing new; then the pipeline's compressor (if any) and generator answer from all the passages collected.
+reasoning stops when the model writes "the answer is" (after at least ``min_steps`` searches), after
+``max_steps`` steps, or when a step retrieves nothing new; then the pipeline's compressor (if any) and generator answer from all the passages collected.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ REASONING_PROMPT = (
     "\"So the answer is: \" followed by the answer."
 )
 ANSWER_MARK = "answer is"
+_ANSWER_PREFIX = re.compile(r"^\W*(so\s+)?the\s+answer\s+is\s*:?\s*", re.IGNORECASE)
 # A sentence ends at . ! or ? followed by a space or the end, once the sentence has a few words.
 _SENTENCE_END = re.compile(r"(?<=\w{2}[.!?])(\s|$)")
 
@@ -40,12 +41,14 @@ class IRCoT(BaseLoop):
     ``k`` hits of the first retrieval (the question) start the passages; each step the model writes one
     reasoning sentence (at most ``sentence_tokens`` tokens), the question plus that sentence is searched, and
     its ``k`` best hits not yet shown are added, up to ``max_passages`` in all, for at most ``max_steps``
-    steps. ``reasoning_prompt`` overrides the reasoning instructions. The trace's ``loop`` stage lists every
+    steps; the first ``min_steps`` sentences are searched even when they already state an answer (small
+    models do so at once, and the entities they name still lead to the second hop). ``reasoning_prompt`` overrides the reasoning instructions. The trace's ``loop`` stage lists every
     step (sentence, query, chunks added).
     """
 
     k: int = 3
     max_steps: int = 3
+    min_steps: int = 1
     max_passages: int = 9
     sentence_tokens: int = 48
     reasoning_prompt: str | None = None
@@ -54,6 +57,8 @@ class IRCoT(BaseLoop):
         for name in ("k", "max_steps", "max_passages", "sentence_tokens"):
             if getattr(self, name) < 1:
                 raise InputError(f"ircot loop: {name} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.min_steps <= self.max_steps:
+            raise InputError(f"ircot loop: min_steps must be within 0..max_steps ({self.max_steps}), got {self.min_steps}")
 
     def answer(self, pipeline: Any, question: str, hits: list[Hit],
                on_text: Callable[[str], None] | None = None, on_stage: StageObserver | None = None) -> Answer:
@@ -73,9 +78,12 @@ class IRCoT(BaseLoop):
             reasoning_seconds += time.perf_counter() - started
             step: dict[str, Any] = {"sentence": sentence}
             steps.append(step)
-            if not sentence or ANSWER_MARK in sentence.lower() or len(pool) >= self.max_passages:
+            answered = ANSWER_MARK in sentence.lower()
+            if not sentence or len(pool) >= self.max_passages or (answered and len(steps) > self.min_steps):
                 break
-            query = run.query(sentence)
+            # Small models state the answer at once, often wrongly; the facts named on the way are still the
+            # best query for the second hop, so the first min_steps sentences are searched regardless.
+            query = run.query(_ANSWER_PREFIX.sub("", sentence))
             shown = {h.chunk.id for h in pool}
             new = [h for h in run.search([query], self.k + len(shown))[0] if h.chunk.id not in shown]
             new = new[: min(self.k, self.max_passages - len(pool))]

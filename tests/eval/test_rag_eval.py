@@ -314,3 +314,15 @@ def test_shipped_pipeline_configs_load():
     assert configs
     for path in configs:
         assert Pipeline.from_config(path).to_config()["generator"]["params"]["quantize"] in (None, "int8")
+
+
+def test_recall_all_needs_every_relevant_document_of_a_question() -> None:
+    question = QAQuestion("q1", "Which university did the director attend?", ("Yale",), frozenset({"film", "director"}))
+    film, director, noise = (_hit(f"{d}#0", d, f"About the {d}.") for d in ("film", "director", "noise"))
+    answer = Answer("Yale", [], [film], Trace([StageRecord("generate", 1.0, 1, 1, 10, 1)]))
+    record = score_answer(question, answer, [("retrieve", [film, noise]), ("loop", [film, noise, director])])
+    assert record["recall_all"] == {"retrieve": 0.0, "loop": 1.0}
+    unjudged = score_answer(QAQuestion("q2", "Who?", ("Yale",)), answer, [("retrieve", [film])])
+    assert unjudged["recall_all"] == {}
+    summary = summarize([record, unjudged])
+    assert summary["metrics"]["recall_all.loop"] == 1.0 and summary["metrics"]["recall_all.retrieve"] == 0.0

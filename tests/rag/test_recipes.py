@@ -12,8 +12,8 @@ from rag.errors import InputError
 from rag.pipeline import Pipeline, recipe_names, recipe_path
 
 
-def test_the_shipped_recipes_are_fast_balanced_and_accurate() -> None:
-    assert recipe_names() == ["accurate", "balanced", "fast"]
+def test_the_shipped_recipes_are_fast_balanced_accurate_and_multihop() -> None:
+    assert recipe_names() == ["accurate", "balanced", "fast", "multihop"]
 
 
 @pytest.mark.parametrize("name", recipe_names())
@@ -26,7 +26,7 @@ def test_a_recipe_round_trips_through_yaml(name: str, tmp_path: Path) -> None:
     text = recipe_path(name).read_text()
     assert text.startswith(f"# {name}:")
     assert set(yaml.safe_load(text)) <= {"version", "chunker", "index", "reranker", "filters", "compressor",
-                                          "generator", "retrieve_k", "budget_tokens"}
+                                          "generator", "retrieve_k", "budget_tokens", "loop"}
 
 
 def test_recipes_differ_in_what_they_say() -> None:
@@ -34,6 +34,8 @@ def test_recipes_differ_in_what_they_say() -> None:
     assert configs["fast"]["reranker"] is None and configs["balanced"]["reranker"]["type"] == "maxsim"
     assert configs["balanced"]["index"]["type"] == "hybrid"
     assert configs["accurate"]["generator"]["params"]["model"] == "qwen2.5-1.5b"
+    assert configs["multihop"]["loop"]["type"] in {"ircot", "ralm"} and all(
+        "loop" not in configs[name] for name in ("fast", "balanced", "accurate"))
     assert {c["compressor"]["type"] for c in configs.values()} == {"extractive"}
     # People asking get cited answers; `eval rag --answer-style short` switches them for QA scoring.
     assert {c["generator"]["params"]["answer_style"] for c in configs.values()} == {"cited"}
@@ -47,7 +49,7 @@ def test_the_default_pipeline_is_the_fast_recipe() -> None:
 
 @pytest.mark.parametrize("name", ["acurate", "", "../rag/recipes/fast", "fast.yaml"])
 def test_an_unknown_recipe_names_the_recipes(name: str) -> None:
-    with pytest.raises(InputError, match="recipes: accurate, balanced, fast"):
+    with pytest.raises(InputError, match="recipes: accurate, balanced, fast, multihop"):
         Pipeline.recipe(name)
     if name == "acurate":
         with pytest.raises(InputError, match="did you mean 'accurate'"):

@@ -1,0 +1,169 @@
+"""Speculative retrieval (RaLMSpec) against naive iterative RaLM, side by side, per index kind.
+
+    python -m bench.iterative --data ../shared/data/hotpotqa-dev-fullwiki-500 --limit 100 --indexes dense,late
+
+For each index kind the QA corpus is chunked and indexed once; then every question is answered by the
+naive loop (``ralm-naive``: one real search per step) and by the speculative one (``ralm``), alternating
+which goes first, with the same generator (greedy, the engine named or measured fastest) and the same loop
+settings. The headline, named before the run: end-to-end seconds of naive over speculative, per index kind.
+Also reported: whether every answer is token-identical to the naive one (the first differing question and
+position if not), speculation accuracy (guesses verified right / guesses checked), mean speculation stride
+(guesses per verification), searches and search seconds, and the share of naive time spent searching
+(which bounds what speculation can save: it removes waiting for the index, never decoding). Ends with one
+JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+INDEXES = {
+    "dense": {"type": "dense", "params": {"model": "minilm"}},
+    "late": {"type": "late", "params": {}},
+    "bm25": {"type": "bm25", "params": {}},
+    "bm25s": {"type": "bm25s", "params": {}},
+}
+
+
+def loop_config(speculative: bool, stride: int, k: int, context: str) -> dict[str, Any]:
+    return {"type": "ralm", "params": {"speculative": speculative, "stride": stride, "k": k, "context": context}}
+
+
+def run(data: str, limit: int, skip: int, indexes: list[str], model: str, engine: str, answer_style: str,
+        stride: int, k: int, context: str, log: Any = print) -> dict[str, Any]:
+    """Answer every question with both loops on each index kind; returns the per-kind results."""
+    from eval.qa import load_qa
+    from rag.pipeline import Pipeline
+
+    dataset = load_qa(data, limit=limit, skip=skip)
+    generator = {"type": "grounded", "params": {"model": model, "engine": engine, "answer_style": answer_style}}
+    results: dict[str, Any] = {}
+    for kind in indexes:
+        naive = Pipeline(index=INDEXES[kind], compressor=None, generator=generator,
+                         loop=loop_config(False, stride, k, context))
+        speculative = Pipeline(index=INDEXES[kind], compressor=None, generator=generator,
+                               loop=loop_config(True, stride, k, context))
+        started = time.perf_counter()
+        naive.ingest(dataset.corpus)
+        speculative.index = naive.index  # one index, searched by both
+        log(f"[{kind}] indexed {len(naive.index)} chunks in {time.perf_counter() - started:.0f} s")
+        naive.ask(dataset.questions[0].text)  # load the models, measure the engine: not timed
+        rows = []
+        for number, question in enumerate(dataset.questions):
+            order = [("naive", naive), ("speculative", speculative)]
+            if number % 2:
+                order.reverse()
+            row: dict[str, Any] = {"id": question.id}
+            for name, pipeline in order:
+                started = time.perf_counter()
+                answer = pipeline.ask(question.text)
+                seconds = time.perf_counter() - started
+                loop = next(r for r in answer.trace.stages if r.stage == "loop").extra
+                generate = next(r for r in answer.trace.stages if r.stage == "generate")
+                row[name] = {"seconds": seconds, "text": answer.text, "tokens": generate.tokens_out,
+                             **{key: loop.get(key) for key in (
+                                 "searches", "queries", "search_seconds", "cache_seconds", "guesses_checked",
+                                 "guesses_right", "guesses_discarded", "rollbacks", "rolled_back_tokens",
+                                 "prompt_reads", "prompt_read_tokens", "replayed_tokens", "decode_seconds",
+                                 "strides")}}
+            row["identical"] = row["naive"]["text"] == row["speculative"]["text"]
+            rows.append(row)
+            log(f"[{kind}] {number + 1}/{len(dataset.questions)} naive {row['naive']['seconds']:.2f} s, "
+                f"speculative {row['speculative']['seconds']:.2f} s, identical {row['identical']}")
+        results[kind] = summarize(rows)
+        results[kind]["rows"] = rows
+    return results
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Totals and ratios over the questions of one index kind."""
+    def total(method: str, key: str) -> float:
+        return sum(r[method].get(key) or 0 for r in rows)
+
+    naive_seconds, spec_seconds = total("naive", "seconds"), total("speculative", "seconds")
+    checked, right = total("speculative", "guesses_checked"), total("speculative", "guesses_right")
+    strides = [s for r in rows for s in (r["speculative"].get("strides") or [])]
+    differing = [r["id"] for r in rows if not r["identical"]]
+    return {
+        "questions": len(rows),
+        "identical": len(rows) - len(differing),
+        "differing": differing,
+        "naive_seconds_per_answer": naive_seconds / len(rows),
+        "speculative_seconds_per_answer": spec_seconds / len(rows),
+        "speedup": naive_seconds / spec_seconds if spec_seconds else None,
+        "naive_search_share": total("naive", "search_seconds") / naive_seconds if naive_seconds else None,
+        "naive_searches_per_answer": total("naive", "searches") / len(rows),
+        "speculative_searches_per_answer": total("speculative", "searches") / len(rows),
+        "naive_search_seconds_per_answer": total("naive", "search_seconds") / len(rows),
+        "speculative_search_seconds_per_answer": (total("speculative", "search_seconds")
+                                                  + total("speculative", "cache_seconds")) / len(rows),
+        "speculation_accuracy": right / checked if checked else None,
+        "mean_speculation_stride": sum(strides) / len(strides) if strides else None,
+        "rollbacks_per_answer": total("speculative", "rollbacks") / len(rows),
+        "answer_tokens_per_answer": total("naive", "tokens") / len(rows),
+    }
+
+
+def format_table(results: dict[str, Any]) -> str:
+    lines = ["| index | questions | identical | naive s/answer | speculative s/answer | **speedup** | naive search "
+             "share | searches naive / spec | speculation accuracy | mean stride |", "|---|" + "---:|" * 9]
+    for kind, r in results.items():
+        lines.append(
+            f"| {kind} | {r['questions']} | {r['identical']} | {r['naive_seconds_per_answer']:.2f} | "
+            f"{r['speculative_seconds_per_answer']:.2f} | **{r['speedup']:.2f}x** | {r['naive_search_share']:.1%} | "
+            f"{r['naive_searches_per_answer']:.1f} / {r['speculative_searches_per_answer']:.1f} | "
+            f"{_fraction(r['speculation_accuracy'])} | {_number(r['mean_speculation_stride'])} |")
+    return "\n".join(lines)
+
+
+def _fraction(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    parser.add_argument("--data", required=True, help="QA folder (corpus.jsonl, queries.jsonl with answers)")
+    parser.add_argument("--limit", type=int, default=100, help="questions (default 100)")
+    parser.add_argument("--skip", type=int, default=0, help="questions to skip first (dev ranges)")
+    parser.add_argument("--indexes", default="dense,late", help=f"comma-separated, of {', '.join(INDEXES)}")
+    parser.add_argument("--model", default="qwen2.5-0.5b")
+    parser.add_argument("--engine", default="auto")
+    parser.add_argument("--answer-style", default="short", choices=["short", "cited"])
+    parser.add_argument("--stride", type=int, default=4, help="answer tokens between retrievals (default 4)")
+    parser.add_argument("--k", type=int, default=5, help="passages in the prompt (default 5)")
+    parser.add_argument("--context", default="replace", choices=["replace", "extend"])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, help="write the results (JSON, rows included) here")
+    args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    kinds = [k.strip() for k in args.indexes.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in INDEXES]
+    if unknown:
+        parser.error(f"unknown index kinds {unknown}; choose from {', '.join(INDEXES)}")
+    log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
+    results = run(args.data, args.limit, args.skip, kinds, args.model, args.engine, args.answer_style, args.stride,
+                  args.k, args.context, log)
+    settings = {key: getattr(args, key) for key in ("data", "limit", "skip", "model", "engine", "answer_style",
+                                                     "stride", "k", "context", "threads")}
+    print(format_table(results))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"settings": settings, "results": results}, indent=1) + "\n")
+    summary = {kind: {k: v for k, v in r.items() if k != "rows"} for kind, r in results.items()}
+    print(json.dumps({"settings": settings, "results": summary}))
+    return 0 if all(r["identical"] == r["questions"] for r in results.values()) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
