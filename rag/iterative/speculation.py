@@ -22,13 +22,14 @@ class ChunkCache:
     more often than not). Other indexes (fusion of several rankings, for one) cannot score a chunk alone:
     :meth:`top` then guesses that the last real retrieval's top ``k`` is unchanged, which is right whenever
     the extra answer tokens do not move the ranking. Either way a wrong guess is only a wasted step: the
-    real retrieval verifies every guess.
+    real retrieval verifies every guess. (Lexical indexes return only chunks that share a term with the
+    query; when fewer than ``k`` do, the guess still lists ``k`` and is wrong: rare at any real corpus size.)
     """
 
     index: Any
     hits: dict[str, Hit] = field(default_factory=dict)
     last: list[Hit] = field(default_factory=list)  # the last real retrieval's hits, best first
-    vectors: dict[str, Any] = field(default_factory=dict)  # query -> its embedding, for indexes that take them
+    vectors: dict[str, Any] = field(default_factory=dict)  # query -> its encoding, for indexes that take them
 
     @property
     def scored(self) -> bool:
@@ -37,20 +38,21 @@ class ChunkCache:
 
     @property
     def by_vector(self) -> bool:
-        """Whether the index scores and searches with query embeddings computed beforehand (the dense
-        index): a query is then encoded once, for its guess, and verified with the same embedding."""
-        return all(hasattr(self.index, name) for name in ("score_vectors", "search_vectors", "encoder"))
+        """Whether the index scores and searches with query encodings computed beforehand (dense: one
+        embedding; late interaction: token vectors): a query is then encoded once, alone, for its guess, and
+        verified with the same encoding, so a batch of guesses is searched with exactly the numbers a search
+        of each query alone would use (batched encoding pads, which can move the last bits)."""
+        return _encoded_calls(self.index) is not None
 
     def search(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
-        """The real index's hits for a batch of guessed queries (one call), reusing their embeddings."""
-        if not self.by_vector or any(q not in self.vectors for q in queries):
+        """The real index's hits for a batch of guessed queries (one call), reusing their encodings."""
+        calls = _encoded_calls(self.index)
+        if calls is None or any(q not in self.vectors for q in queries):
             return self.index.search(list(queries), k)
-        import numpy as np
-
-        stacked = np.stack([self.vectors[q] for q in queries])
+        encoded = [self.vectors[q] for q in queries]
         for query in queries:
             self.vectors.pop(query, None)
-        return self.index.search_vectors(stacked, k)
+        return calls[2](list(queries), encoded, k)
 
     def add(self, hits: Sequence[Hit]) -> None:
         """Remember a real retrieval's hits (the newest one is what the fallback guess repeats)."""
@@ -63,14 +65,33 @@ class ChunkCache:
         if not self.scored:
             return self.last[:k]
         ids = list(self.hits)
-        if self.by_vector:
-            self.vectors[query] = self.index.encoder.encode_queries([query])[0]
-            scores = self.index.score_vectors(self.vectors[query], ids)
+        calls = _encoded_calls(self.index)
+        if calls is not None:
+            self.vectors[query] = calls[0](query)
+            scores = calls[1](self.vectors[query], ids)
         else:
             scores = self.index.score_chunks(query, ids)
         ranked = sorted(range(len(ids)), key=lambda i: -scores[i])[:k]
         return [Hit(chunk=self.hits[ids[i]].chunk, score=float(scores[i]), source=self.hits[ids[i]].source)
                 for i in ranked]
+
+
+def _encoded_calls(index: Any) -> tuple[Any, Any, Any] | None:
+    """(encode one query, score chunks for an encoding, search a batch of encodings) for the index kinds
+    that split search into encoding and searching; None for the others."""
+    if all(hasattr(index, name) for name in ("encoder", "score_vectors", "search_vectors")):  # dense
+        import numpy as np
+
+        return (lambda query: index.encoder.encode_queries([query])[0], index.score_vectors,
+                lambda queries, encoded, k: index.search_vectors(np.stack(encoded), k))
+    if all(hasattr(index, name) for name in ("encode_queries", "score_encoded", "search_encoded")):  # late
+        import inspect
+
+        takes_texts = "vectors" in inspect.signature(index.search_encoded).parameters  # late-rerank: BM25 first
+        search = ((lambda queries, encoded, k: index.search_encoded(queries, encoded, k)) if takes_texts
+                  else (lambda queries, encoded, k: index.search_encoded(encoded, k)))
+        return (lambda query: index.encode_queries([query])[0], index.score_encoded, search)
+    return None
 
 
 @dataclass

@@ -1,0 +1,55 @@
+"""The guess cache ranks cached chunks as the real index would, and verifies guesses with the encodings
+the guesses used; the stride scheduler speculates further the more guesses come out right."""
+
+import pytest
+
+from rag.iterative.speculation import ChunkCache, StrideScheduler, steps_per_second
+from rag.registry import build
+from rag.types import Chunk, Hit
+
+TEXTS = {
+    "aspirin": "Aspirin thins the blood and lowers the risk of a heart attack. It can upset the stomach.",
+    "insulin": "Insulin lowers blood glucose by helping cells absorb sugar. People with type 1 diabetes inject it.",
+    "violin": "The violin is a string instrument played with a bow. Stradivari built violins in Cremona.",
+    "paris": "Paris is the capital of France. The Seine runs through the city from east to west.",
+    "python": "Python is a programming language. Its functools module caches results with lru_cache.",
+    "glacier": "A glacier is a mass of ice that moves slowly. Glaciers carve valleys as they flow downhill.",
+}
+QUERIES = ["what lowers blood sugar?", "a string instrument from Cremona", "the river through the capital of France"]
+
+
+@pytest.mark.parametrize("kind", ["dense", "late", "bm25s"])
+def test_a_full_cache_guesses_what_the_index_returns(kind):
+    index = build("index", kind)
+    chunks = [Chunk(id=f"{n}#0", doc_id=n, text=t, start=0, end=len(t), title=n) for n, t in TEXTS.items()]
+    index.add(chunks)
+    cache = ChunkCache(index)
+    cache.add([Hit(chunk=c, score=0.0, source=kind) for c in chunks])  # every chunk
+    assert cache.scored and cache.by_vector == (kind != "bm25s")
+    guesses = [cache.top(q, 3) for q in QUERIES]
+    truth = cache.search(QUERIES, 3)  # one batched call, with the guesses' encodings
+    alone = [index.search(q, 3)[0] for q in QUERIES]
+    # Lexical kinds return only chunks sharing a term with the query; the cache ranks every cached chunk,
+    # so past the matching ones its guess has more (a guess that is then simply wrong, never an error).
+    assert [[h.chunk.id for h in row][: len(real)] for row, real in zip(guesses, alone)] == [
+        [h.chunk.id for h in row] for row in alone]
+    assert [[h.chunk.id for h in row] for row in truth] == [[h.chunk.id for h in row] for row in alone]
+    assert [[h.score for h in row] for row in truth] == [[h.score for h in row] for row in alone]
+    assert not cache.vectors  # encodings are dropped once verified
+
+
+def test_the_scheduler_speculates_further_when_guesses_are_right():
+    assert steps_per_second(1, 0.0, 1.0, 1.0) > steps_per_second(4, 0.0, 1.0, 1.0)
+    assert steps_per_second(6, 0.95, 1.0, 2.0) > steps_per_second(1, 0.95, 1.0, 2.0)
+    scheduler = StrideScheduler(max_stride=8)
+    assert scheduler.next_stride() == 1  # nothing measured yet
+    scheduler.record_verification(0.5, right=1, guessed=1)
+    assert scheduler.next_stride() == 2
+    scheduler.record_step(0.2)
+    for _ in range(20):
+        scheduler.record_verification(0.5, right=4, guessed=4)
+    assert scheduler.next_stride() > 2
+    for _ in range(5000):  # guesses now almost never right: verifying every step is best
+        scheduler.record_verification(0.5, right=0, guessed=1)
+    assert scheduler.next_stride() == 1
+    assert StrideScheduler(fixed=3).next_stride() == 3
