@@ -58,7 +58,7 @@ from indexes.lucene import anserini_version, java_exception, java_message
 from indexes.lucene_dir import LuceneDir, field_boosts, java_list, save_lucene, searcher_class, text_collection_args
 from rag.errors import InputError
 from rag.manifest import SavedIndex, check_new_ids, read_chunks, write_chunks
-from rag.protocols import text_batch
+from rag.protocols import chunks_to_score, text_batch
 from rag.registry import declared_params
 from rag.types import Chunk, Hit
 
@@ -163,12 +163,7 @@ class BM25Index(SavedIndex):
         search can never return scores 0.0: one with none of the query's terms, or one that is not in Lucene
         at all (a blank text, see the module doc). An id the index does not hold is an error; one str is one id.
         """
-        if not isinstance(query, str):
-            raise InputError(f"bm25 index {self.name!r}: score_chunks takes one query str, got {type(query).__name__}")
-        chunk_ids = text_batch(chunk_ids, f"bm25 index {self.name!r}", item="chunk id")
-        for chunk_id in chunk_ids:
-            if chunk_id not in self._chunks:
-                raise InputError(f"bm25 index {self.name!r}: chunk id {chunk_id!r} is not in the index")
+        chunk_ids = chunks_to_score(f"bm25 index {self.name!r}", query, chunk_ids, self)
         wanted = sorted(set(chunk_ids))
         if not wanted or self._lucene is None:
             return [0.0] * len(chunk_ids)

@@ -52,7 +52,7 @@ from rag.analysis import stemmer_for, tokenize
 from rag.errors import InputError
 from rag.lazy import require
 from rag.manifest import SavedIndex, check_new_ids, read_chunks, write_chunks
-from rag.protocols import text_batch
+from rag.protocols import chunks_to_score, text_batch
 from rag.registry import declared_params
 from rag.types import Chunk, Hit
 
@@ -166,12 +166,7 @@ class BM25sIndex(SavedIndex):
         scores 0.0 (or, for ``bm25l`` and ``bm25+``, the non-occurrence score every chunk gets); search returns
         only chunks scoring above 0. An id the index does not hold is an error; one str is one id.
         """
-        if not isinstance(query, str):
-            raise InputError(f"bm25s index {self.name!r}: score_chunks takes one query str, got {type(query).__name__}")
-        chunk_ids = text_batch(chunk_ids, f"bm25s index {self.name!r}", item="chunk id")
-        for chunk_id in chunk_ids:
-            if chunk_id not in self._chunks:
-                raise InputError(f"bm25s index {self.name!r}: chunk id {chunk_id!r} is not in the index")
+        chunk_ids = chunks_to_score(f"bm25s index {self.name!r}", query, chunk_ids, self)
         if not chunk_ids:
             return []
         model = self._model

@@ -29,7 +29,7 @@ from rag.errors import InputError
 from rag.io import read_jsonl
 from rag.lazy import require
 from rag.manifest import SavedIndex
-from rag.protocols import text_batch
+from rag.protocols import chunks_to_score, text_batch
 from rag.registry import declared_params
 from rag.types import Chunk, Hit
 
@@ -245,10 +245,7 @@ class DenseIndex(SavedIndex):
             >>> index.score_chunks("what thins blood?", ["c1"])                  # doctest: +SKIP
             [0.62...]
         """
-        if not isinstance(query, str):
-            raise InputError(f"dense index {self.name!r}: score_chunks takes one query str, got {type(query).__name__}")
-        chunk_ids = text_batch(chunk_ids, f"dense index {self.name!r}", item="chunk id")
-        self._faiss_ids(chunk_ids)  # unknown ids fail before the model runs
+        chunk_ids = chunks_to_score(f"dense index {self.name!r}", query, chunk_ids, self)  # before the model runs
         if not chunk_ids:
             return []
         return self.score_vectors(self.encoder.encode_queries([query])[0], chunk_ids)

@@ -49,7 +49,7 @@ from indexes.lucene_dir import LuceneDir, save_lucene
 from indexes.splade_encoder import DEFAULT_SCALE, SpladeEncoder, quantize
 from rag.errors import InputError
 from rag.manifest import MANIFEST, SavedIndex, check_new_ids, read_chunks, write_chunks
-from rag.protocols import text_batch
+from rag.protocols import chunks_to_score, text_batch
 from rag.registry import declared_params
 from rag.types import Chunk, Hit
 
@@ -173,12 +173,7 @@ class SpladeIndex(SavedIndex):
         no term in common with the query, or not in Lucene at all (every weight rounded to 0), scores 0.0:
         search never returns it. An id the index does not hold is an error; one str is one id.
         """
-        if not isinstance(query, str):
-            raise InputError(f"splade index {self.name!r}: score_chunks takes one query str, got {type(query).__name__}")
-        chunk_ids = text_batch(chunk_ids, f"splade index {self.name!r}", item="chunk id")
-        for chunk_id in chunk_ids:
-            if chunk_id not in self._chunks:
-                raise InputError(f"splade index {self.name!r}: chunk id {chunk_id!r} is not in the index")
+        chunk_ids = chunks_to_score(f"splade index {self.name!r}", query, chunk_ids, self)
         if not chunk_ids:
             return []
         (weights,) = self._term_weights(self.query_vectors([query]))

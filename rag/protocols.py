@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Container, Iterable, Iterator, Protocol, Sequence, runtime_checkable
 
 from rag.errors import InputError
 from rag.registry import Component
@@ -76,6 +76,19 @@ class ScoresChunks(Protocol):
     """
 
     def score_chunks(self, query: str, chunk_ids: Sequence[str]) -> list[float]: ...
+
+
+def chunks_to_score(owner: str, query: object, chunk_ids: str | Iterable[str], index: Container[str]) -> list[str]:
+    """:meth:`ScoresChunks.score_chunks`' arguments, checked the same way by every index: one query str, and
+    the chunk ids as a list (one str is one id) that ``index`` all holds, else an InputError naming the first
+    id it does not. ``owner`` names the index in errors (``"dense index 'dense'"``)."""
+    if not isinstance(query, str):
+        raise InputError(f"{owner}: score_chunks takes one query str, got {type(query).__name__}")
+    ids = text_batch(chunk_ids, owner, item="chunk id")
+    for chunk_id in ids:
+        if chunk_id not in index:
+            raise InputError(f"{owner}: chunk id {chunk_id!r} is not in the index")
+    return ids
 
 
 @runtime_checkable

@@ -53,12 +53,12 @@ from indexes.late.centroids import assign_centroids, train_centroids
 from indexes.late.colbert import is_colbert_checkpoint
 from indexes.late.encoder import TokenEncoder, query_vectors, text_of
 from indexes.late.files import CENTROIDS, CHUNKS, CODES, FORMAT_VERSION, KIND, TOKENS, load_array
-from indexes.late.scoring import top_positions
+from indexes.late.scoring import query_token_vectors, top_positions
 from indexes.late.store import STORAGES, TokenStore
 from rag.errors import InputError
 from rag.lazy import require
 from rag.manifest import SavedIndex, check_new_ids, read_chunks, write_chunks
-from rag.protocols import text_batch
+from rag.protocols import chunks_to_score, text_batch
 from rag.registry import declared_params
 from rag.types import Chunk, Hit
 
@@ -288,10 +288,7 @@ class LateInteractionIndex(SavedIndex):
         (none skipped with ``exhaustive`` or ``nprobe >= nlist``). Whether stage 1 would make the chunk a
         candidate does not enter. An id the index does not hold is an error; one str is one id.
         """
-        if not isinstance(query, str):
-            raise InputError(f"late index {self.name!r}: score_chunks takes one query str, got {type(query).__name__}")
-        chunk_ids = text_batch(chunk_ids, f"late index {self.name!r}", item="chunk id")
-        self._row_numbers(chunk_ids)  # unknown ids fail before the model runs
+        chunk_ids = chunks_to_score(f"late index {self.name!r}", query, chunk_ids, self)  # before the model runs
         if not chunk_ids:
             return []
         return self.score_encoded(self.encode_queries([query])[0], chunk_ids)
@@ -306,12 +303,7 @@ class LateInteractionIndex(SavedIndex):
         rows = self._row_numbers(chunk_ids)
         if not len(rows):
             return []
-        query = np.asarray(query, dtype=np.float32)
-        if query.ndim != 2 or query.shape[1] != self._store.dimension:
-            raise InputError(
-                f"late index {self.name!r}: expected one query's token vectors ({self._store.dimension}-d rows), "
-                f"got shape {query.shape}"
-            )
+        query = query_token_vectors(f"late index {self.name!r}", query, self._store.dimension)
         exhaustive = self.exhaustive if exhaustive is None else exhaustive
         if exhaustive:
             return self._store.scores(query, rows).tolist()

@@ -14,11 +14,11 @@ import numpy as np
 from indexes.bm25 import BM25Index
 from indexes.late.encoder import TokenEncoder, query_vectors, text_of
 from indexes.late.files import BM25_DIR, CHUNKS, FORMAT_VERSION, RERANK_KIND
-from indexes.late.scoring import top_positions
+from indexes.late.scoring import query_token_vectors, top_positions
 from indexes.late.store import STORAGES, TokenStore
 from rag.errors import InputError
 from rag.manifest import MANIFEST, SavedIndex, check_new_ids, read_chunks, write_chunks
-from rag.protocols import text_batch
+from rag.protocols import chunks_to_score, text_batch
 from rag.registry import declared_params
 from rag.types import Chunk, Hit
 
@@ -119,12 +119,7 @@ class LateRerankIndex(SavedIndex):
         not, a chunk with a blank text included; its MaxSim is still given). An id the index does not hold
         is an error; one str is one id.
         """
-        if not isinstance(query, str):
-            raise InputError(
-                f"late-rerank index {self.name!r}: score_chunks takes one query str, got {type(query).__name__}"
-            )
-        chunk_ids = text_batch(chunk_ids, f"late-rerank index {self.name!r}", item="chunk id")
-        self._row_numbers(chunk_ids)  # unknown ids fail before the model runs
+        chunk_ids = chunks_to_score(f"late-rerank index {self.name!r}", query, chunk_ids, self)  # before the model
         if not chunk_ids:
             return []
         return self.score_encoded(query_vectors(self._encoder, self.name, [query])[0], chunk_ids)
@@ -135,12 +130,7 @@ class LateRerankIndex(SavedIndex):
         rows = self._row_numbers(chunk_ids)
         if not len(rows):
             return []
-        query = np.asarray(query, dtype=np.float32)
-        if query.ndim != 2 or query.shape[1] != self._store.dimension:
-            raise InputError(
-                f"late-rerank index {self.name!r}: expected one query's token vectors ({self._store.dimension}-d "
-                f"rows), got shape {query.shape}"
-            )
+        query = query_token_vectors(f"late-rerank index {self.name!r}", query, self._store.dimension)
         return self._store.scores(query, rows).tolist()
 
     def _row_numbers(self, chunk_ids: list[str]) -> np.ndarray:

@@ -11,6 +11,8 @@ from typing import Sequence
 
 import numpy as np
 
+from rag.errors import InputError
+
 
 def maxsim(query: np.ndarray, documents: Sequence[np.ndarray]) -> np.ndarray:
     """MaxSim of one query's token vectors against each document's: ``sum_i max_j <q_i, d_j>``.
@@ -49,3 +51,11 @@ def top_positions(scores: np.ndarray, k: int) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     part = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
     return part[np.lexsort((part, -scores[part]))]
+
+
+def query_token_vectors(owner: str, query: object, dimension: int) -> np.ndarray:
+    """One query's token vectors as float32 rows of ``dimension``, or an InputError naming ``owner``."""
+    vectors = np.asarray(query, dtype=np.float32)
+    if vectors.ndim != 2 or vectors.shape[1] != dimension:
+        raise InputError(f"{owner}: expected one query's token vectors ({dimension}-d rows), got shape {vectors.shape}")
+    return vectors
