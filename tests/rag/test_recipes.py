@@ -36,7 +36,8 @@ def test_recipes_differ_in_what_they_say() -> None:
     assert configs["accurate"]["generator"]["params"]["model"] == "qwen2.5-1.5b"
     assert configs["multihop"]["loop"]["type"] in {"ircot", "ralm"} and all(
         "loop" not in configs[name] for name in ("fast", "balanced", "accurate"))
-    assert {c["compressor"]["type"] for c in configs.values()} == {"extractive"}
+    # multihop's loop builds its own prompts from each search (no compressor to apply to a moving context).
+    assert {c["compressor"]["type"] for name, c in configs.items() if name != "multihop"} == {"extractive"}
     # People asking get cited answers; `eval rag --answer-style short` switches them for QA scoring.
     assert {c["generator"]["params"]["answer_style"] for c in configs.values()} == {"cited"}
 
