@@ -127,7 +127,8 @@ class IterativeRaLM(BaseLoop):
         cache = ChunkCache(run.index)
         cache.add(first[: max(self.k, self.prefetch)])
         scheduler = self.scheduler()
-        run.extra.update(cache_scorer="index" if cache.scored else "last retrieval", strides=[])
+        run.extra.update(cache_scorer="index" if cache.scored else "last retrieval", strides=[], cache_seconds=0.0,
+                         guesses_checked=0, guesses_right=0, guesses_discarded=0, rollbacks=0, rolled_back_tokens=0)
         while not decoder.done:
             guesses: list[_Guess] = []
             for _ in range(scheduler.next_stride()):
