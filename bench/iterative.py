@@ -35,8 +35,9 @@ def loop_config(speculative: bool, stride: int, k: int, context: str) -> dict[st
 
 
 def run(data: str, limit: int, skip: int, indexes: list[str], model: str, engine: str, answer_style: str,
-        stride: int, k: int, context: str, log: Any = print) -> dict[str, Any]:
-    """Answer every question with both loops on each index kind; returns the per-kind results."""
+        stride: int, k: int, context: str, log: Any = print, on_kind: Any = None) -> dict[str, Any]:
+    """Answer every question with both loops on each index kind; returns the per-kind results (and hands
+    the results so far to ``on_kind`` after each kind, so that a long run keeps what it measured)."""
     from eval.qa import load_qa
     from rag.pipeline import Pipeline
 
@@ -77,6 +78,8 @@ def run(data: str, limit: int, skip: int, indexes: list[str], model: str, engine
                 f"speculative {row['speculative']['seconds']:.2f} s, identical {row['identical']}")
         results[kind] = summarize(rows)
         results[kind]["rows"] = rows
+        if on_kind is not None:
+            on_kind(results)
     return results
 
 
@@ -152,14 +155,17 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown index kinds {unknown}; choose from {', '.join(INDEXES)}")
     log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
-    results = run(args.data, args.limit, args.skip, kinds, args.model, args.engine, args.answer_style, args.stride,
-                  args.k, args.context, log)
     settings = {key: getattr(args, key) for key in ("data", "limit", "skip", "model", "engine", "answer_style",
                                                      "stride", "k", "context", "threads")}
+
+    def write(results: dict[str, Any]) -> None:
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps({"settings": settings, "results": results}, indent=1) + "\n")
+
+    results = run(args.data, args.limit, args.skip, kinds, args.model, args.engine, args.answer_style, args.stride,
+                  args.k, args.context, log, on_kind=write)
     print(format_table(results))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"settings": settings, "results": results}, indent=1) + "\n")
     summary = {kind: {k: v for k, v in r.items() if k != "rows"} for kind, r in results.items()}
     print(json.dumps({"settings": settings, "results": summary}))
     return 0 if all(r["identical"] == r["questions"] for r in results.values()) else 1
