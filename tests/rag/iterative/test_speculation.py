@@ -6,15 +6,9 @@ import pytest
 from rag.iterative.speculation import ChunkCache, StrideScheduler, steps_per_second
 from rag.registry import build
 from rag.types import Chunk, Hit
+from tests.test_contracts import CORPUS
 
-TEXTS = {
-    "aspirin": "Aspirin thins the blood and lowers the risk of a heart attack. It can upset the stomach.",
-    "insulin": "Insulin lowers blood glucose by helping cells absorb sugar. People with type 1 diabetes inject it.",
-    "violin": "The violin is a string instrument played with a bow. Stradivari built violins in Cremona.",
-    "paris": "Paris is the capital of France. The Seine runs through the city from east to west.",
-    "python": "Python is a programming language. Its functools module caches results with lru_cache.",
-    "glacier": "A glacier is a mass of ice that moves slowly. Glaciers carve valleys as they flow downhill.",
-}
+TEXTS = CORPUS  # the contract suite's six one-topic chunks
 QUERIES = ["what lowers blood sugar?", "a string instrument from Cremona", "the river through the capital of France"]
 
 
