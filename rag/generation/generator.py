@@ -31,10 +31,10 @@ ANSWER_STYLES: dict[str, tuple[str, tuple[str, ...], int]] = {
 CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
 
 
-def format_passages(context: Context) -> str:
-    """Render passages as ``[n] title: text`` blocks, numbered from 1 in context order."""
+def format_passages(context: Context, first: int = 1) -> str:
+    """Render passages as ``[n] title: text`` blocks, numbered from ``first`` (1) in context order."""
     blocks = []
-    for number, passage in enumerate(context.passages, start=1):
+    for number, passage in enumerate(context.passages, start=first):
         title = passage.chunk.title.strip()
         blocks.append(f"[{number}] {title + ': ' if title else ''}{passage.text.strip()}")
     return "\n\n".join(blocks)

@@ -20,7 +20,7 @@ from rag.errors import InputError
 from rag.generation.generator import format_passages
 from rag.iterative.base import BaseLoop, LoopRun, StageObserver
 from rag.registry import declared_params
-from rag.types import Answer, Context, Hit, Passage, StageRecord, Trace
+from rag.types import Answer, Context, Hit, StageRecord, Trace
 
 REASONING_PROMPT = (
     "Reason step by step towards the answer to the question, using the numbered passages. Write only the "
@@ -127,10 +127,7 @@ def _first_turn(question: str, pool: list[Hit]) -> str:
 
 def _next_turn(new: list[Hit], numbered: int) -> str:
     """More passages, numbered on from the ones already shown."""
-    context = Context(passages=tuple(Passage(chunk=h.chunk, text=h.chunk.text, score=h.score) for h in new))
-    text = format_passages(context)
-    renumbered = re.sub(r"^\[(\d+)\]", lambda m: f"[{int(m.group(1)) + numbered}]", text, flags=re.MULTILINE)
-    return f"More passages:\n\n{renumbered}\n\nWrite the next step of the reasoning."
+    return f"More passages:\n\n{format_passages(Context.from_hits(new), first=numbered + 1)}\n\nWrite the next step of the reasoning."
 
 
 def _first_sentence(lm: Any, tokens: Any) -> str:

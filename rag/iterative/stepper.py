@@ -178,6 +178,7 @@ class StepDecoder:
         self._find_stop()
 
     def _find_stop(self) -> None:
-        positions = [self._text.find(s) for s in self.generator.stops if s and s in self._text]
-        self._cut = min(positions) if positions else None
+        from rag.generation.generator import _stop_at
+
+        self._cut = _stop_at(self._text, self.generator.stops)
 
