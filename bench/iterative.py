@@ -11,6 +11,14 @@ position if not), speculation accuracy (guesses verified right / guesses checked
 (guesses per verification), searches and search seconds, and the share of naive time spent searching
 (which bounds what speculation can save: it removes waiting for the index, never decoding). Ends with one
 JSON line.
+
+A long run can be split across cores (one process per core, one thread each) and summarized together:
+
+    python -m bench.iterative --data DATA --limit 50 --skip 0 --indexes dense --out a.json
+    python -m bench.iterative --data DATA --limit 50 --skip 50 --indexes dense --out b.json
+    python -m bench.iterative --merge a.json b.json
+
+``--out`` is rewritten after every question, so a stopped run keeps what it measured.
 """
 
 from __future__ import annotations
@@ -35,9 +43,9 @@ def loop_config(speculative: bool, stride: int, k: int, context: str) -> dict[st
 
 
 def run(data: str, limit: int, skip: int, indexes: list[str], model: str, engine: str, answer_style: str,
-        stride: int, k: int, context: str, log: Any = print, on_kind: Any = None) -> dict[str, Any]:
+        stride: int, k: int, context: str, log: Any = print, on_progress: Any = None) -> dict[str, Any]:
     """Answer every question with both loops on each index kind; returns the per-kind results (and hands
-    the results so far to ``on_kind`` after each kind, so that a long run keeps what it measured)."""
+    the results so far to ``on_progress`` after each question, so that a long run keeps what it measured)."""
     from eval.qa import load_qa
     from rag.pipeline import Pipeline
 
@@ -76,11 +84,33 @@ def run(data: str, limit: int, skip: int, indexes: list[str], model: str, engine
             rows.append(row)
             log(f"[{kind}] {number + 1}/{len(dataset.questions)} naive {row['naive']['seconds']:.2f} s, "
                 f"speculative {row['speculative']['seconds']:.2f} s, identical {row['identical']}")
-        results[kind] = summarize(rows)
-        results[kind]["rows"] = rows
-        if on_kind is not None:
-            on_kind(results)
+            results[kind] = {**summarize(rows), "rows": rows}
+            if on_progress is not None:
+                on_progress(results)
     return results
+
+
+def merge(paths: list[Path]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The results of several runs of this benchmark (e.g. question ranges split across cores with
+    ``--skip``/``--limit``), summarized together per index kind; returns the merged results and the runs'
+    settings. Every question keeps its own side-by-side timing, so the sums stay like with like."""
+    rows: dict[str, list[dict[str, Any]]] = {}
+    settings = []
+    for path in paths:
+        run_file = json.loads(Path(path).read_text())
+        settings.append(run_file["settings"])
+        for kind, result in run_file["results"].items():
+            seen = {r["id"] for r in rows.get(kind, [])}
+            repeated = [r["id"] for r in result["rows"] if r["id"] in seen]
+            if repeated:
+                raise ValueError(f"{path}: questions {repeated[:5]} of index kind {kind!r} are already in an "
+                                 f"earlier file; merge runs over disjoint question ranges")
+            rows.setdefault(kind, []).extend(result["rows"])
+    keys = ("data", "model", "engine", "answer_style", "stride", "k", "context", "threads")
+    differing = [key for key in keys if len({json.dumps(s.get(key)) for s in settings}) > 1]
+    if differing:
+        raise ValueError(f"the runs differ in {differing}; merge only runs with the same settings")
+    return {kind: {**summarize(kind_rows), "rows": kind_rows} for kind, kind_rows in rows.items()}, settings
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -134,7 +164,7 @@ def _number(value: float | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
-    parser.add_argument("--data", required=True, help="QA folder (corpus.jsonl, queries.jsonl with answers)")
+    parser.add_argument("--data", help="QA folder (corpus.jsonl, queries.jsonl with answers)")
     parser.add_argument("--limit", type=int, default=100, help="questions (default 100)")
     parser.add_argument("--skip", type=int, default=0, help="questions to skip first (dev ranges)")
     parser.add_argument("--indexes", default="dense,late", help=f"comma-separated, of {', '.join(INDEXES)}")
@@ -145,8 +175,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--k", type=int, default=5, help="passages in the prompt (default 5)")
     parser.add_argument("--context", default="replace", choices=["replace", "extend"])
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, help="write the results (JSON, rows included) here")
+    parser.add_argument("--out", type=Path, help="write the results (JSON, rows included) here, after every "
+                                                     "question")
+    parser.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
+                        help="instead of running: summarize together the --out files of runs over disjoint "
+                             "question ranges (e.g. one per core)")
     args = parser.parse_args(argv)
+    if args.merge:
+        try:
+            results, merged_settings = merge(args.merge)
+        except (OSError, ValueError, KeyError) as error:
+            parser.error(f"cannot merge: {error}")
+        return report(results, {**merged_settings[0], "merged": [str(p) for p in args.merge],
+                                "skip": [s["skip"] for s in merged_settings],
+                                "limit": [s["limit"] for s in merged_settings]}, args.out)
+    if not args.data:
+        parser.error("--data is required (or --merge)")
     import torch
 
     torch.set_num_threads(args.threads)
@@ -158,13 +202,23 @@ def main(argv: list[str] | None = None) -> int:
     settings = {key: getattr(args, key) for key in ("data", "limit", "skip", "model", "engine", "answer_style",
                                                      "stride", "k", "context", "threads")}
 
-    def write(results: dict[str, Any]) -> None:
-        if args.out:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps({"settings": settings, "results": results}, indent=1) + "\n")
-
     results = run(args.data, args.limit, args.skip, kinds, args.model, args.engine, args.answer_style, args.stride,
-                  args.k, args.context, log, on_kind=write)
+                  args.k, args.context, log, on_progress=lambda so_far: write(so_far, settings, args.out))
+    return report(results, settings, args.out)
+
+
+def write(results: dict[str, Any], settings: dict[str, Any], out: Path | None) -> None:
+    """The results so far, rows included, to ``out`` (replaced whole, so a stopped run leaves a valid file)."""
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        partial = out.with_name(out.name + ".partial")
+        partial.write_text(json.dumps({"settings": settings, "results": results}, indent=1) + "\n")
+        partial.replace(out)
+
+
+def report(results: dict[str, Any], settings: dict[str, Any], out: Path | None) -> int:
+    """Print the table and the one-line JSON summary; exit status 1 if any answer differed."""
+    write(results, settings, out)
     print(format_table(results))
     summary = {kind: {k: v for k, v in r.items() if k != "rows"} for kind, r in results.items()}
     print(json.dumps({"settings": settings, "results": summary}))
