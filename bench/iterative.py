@@ -7,8 +7,9 @@ naive loop (``ralm-naive``: one real search per step) and by the speculative one
 which goes first, with the same generator (greedy, the engine named or measured fastest) and the same loop
 settings. The headline, named before the run: end-to-end seconds of naive over speculative, per index kind.
 Also reported: whether every answer is token-identical to the naive one (the first differing question and
-position if not), speculation accuracy (guesses verified right / guesses checked), mean speculation stride
-(guesses per verification), searches and search seconds, and the share of naive time spent searching
+position if not), speculation accuracy (guesses verified right / guesses checked, shadow guesses of real
+steps included), mean speculation stride (guesses per verification, over the verifications), the real steps
+the scheduler took instead of guessing, searches and search seconds, and the share of naive time searching
 (which bounds what speculation can save: it removes waiting for the index, never decoding). Ends with one
 JSON line.
 
@@ -79,7 +80,7 @@ def run(data: str, limit: int, skip: int, indexes: list[str], model: str, engine
                                  "searches", "queries", "search_seconds", "cache_seconds", "guesses_checked",
                                  "guesses_right", "guesses_discarded", "rollbacks", "rolled_back_tokens",
                                  "prompt_reads", "prompt_read_tokens", "replayed_tokens", "decode_seconds",
-                                 "strides")}}
+                                 "strides", "real_steps")}}
             row["identical"] = row["naive"]["text"] == row["speculative"]["text"]
             rows.append(row)
             log(f"[{kind}] {number + 1}/{len(dataset.questions)} naive {row['naive']['seconds']:.2f} s, "
@@ -138,6 +139,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "speculation_accuracy": right / checked if checked else None,
         "mean_speculation_stride": sum(strides) / len(strides) if strides else None,
         "rollbacks_per_answer": total("speculative", "rollbacks") / len(rows),
+        "real_steps_per_answer": total("speculative", "real_steps") / len(rows),
         "answer_tokens_per_answer": total("naive", "tokens") / len(rows),
     }
 

@@ -128,10 +128,15 @@ class IterativeRaLM(BaseLoop):
         cache.add(first[: max(self.k, self.prefetch)])
         scheduler = self.scheduler()
         run.extra.update(cache_scorer="index" if cache.scored else "last retrieval", strides=[], cache_seconds=0.0,
-                         guesses_checked=0, guesses_right=0, guesses_discarded=0, rollbacks=0, rolled_back_tokens=0)
+                         guesses_checked=0, guesses_right=0, guesses_discarded=0, rollbacks=0, rolled_back_tokens=0,
+                         real_steps=0)
         while not decoder.done:
+            stride = scheduler.next_stride()
+            if stride == 0:
+                self._real_step(run, decoder, passages, cache, scheduler)
+                continue
             guesses: list[_Guess] = []
-            for _ in range(scheduler.next_stride()):
+            for _ in range(stride):
                 if decoder.done:
                     break
                 started = time.perf_counter()
@@ -169,3 +174,28 @@ class IterativeRaLM(BaseLoop):
             key = passages.update(found[wrong])
             run.note_context(passages.hits)
             decoder.step(key, run.prompt(passages.hits), self.stride)
+
+    def _real_step(self, run: LoopRun, decoder: StepDecoder, passages: Passages, cache: ChunkCache,
+                   scheduler: StrideScheduler) -> None:
+        """A step that searches for real before decoding (what the scheduler picks when guessing would not
+        pay). The cache still ranks a shadow guess, never used, so that the scheduler keeps measuring how
+        often guesses are right; the search reuses its query encoding."""
+        started = time.perf_counter()
+        query = run.query(decoder.text)
+        guessed = [h.chunk.id for h in cache.top(query, self.k)]
+        guess_seconds = time.perf_counter() - started
+        run.count("cache_seconds", guess_seconds)
+        started = time.perf_counter()
+        found = run.search([query], max(self.k, self.prefetch), cache.search)[0]
+        search_seconds = time.perf_counter() - started
+        cache.add(found)
+        right = guessed == [h.chunk.id for h in found[: self.k]]
+        scheduler.record_verification(search_seconds, int(right), 1)
+        run.count("real_steps", 1)
+        run.count("guesses_checked", 1)
+        run.count("guesses_right", int(right))
+        key = passages.update(found)
+        run.note_context(passages.hits)
+        started = time.perf_counter()
+        decoder.step(key, run.prompt(passages.hits), self.stride)
+        scheduler.record_step(guess_seconds + time.perf_counter() - started)

@@ -103,10 +103,17 @@ class StrideScheduler:
     verification, speculating ``s`` steps verifies on average ``sum_i i gamma^(i-1) (1-gamma) + s gamma^s``
     steps (the steps before the first wrong guess, plus the wrong step redone with the true passages) in
     ``s a + b + (1 - gamma^s) a`` seconds (the redo costs a step); the scheduler picks the ``s`` up to
-    ``max_stride`` with the most steps per second. The estimates are running means over everything this
-    scheduler has seen (one per component, so they carry over between questions); ``gamma`` starts from one
-    right and one wrong guess (a uniform prior) and ``a``, ``b`` from the first measurements. ``fixed``
-    pins the stride instead. What the scheduler chooses changes speed only, never the answer.
+    ``max_stride`` with the most steps per second. Stride 0 means not speculating: search for real, then
+    decode (``a + b`` seconds a step, nothing wasted). The model shows that speculating one step is never
+    faster than that (``2a - gamma a + b`` against ``a + b``): only a batch of two or more guesses saves
+    searches, so when searching is cheap against a step (a small corpus, a slow generator) the scheduler
+    takes real steps and speculation costs nothing but ranking a shadow guess, which keeps ``gamma`` measured
+    in case searching gets slower. (RaLMSpec always speculates; its asynchronous verification, which overlaps
+    the search with the next step, is what makes its stride 1 pay, and a one-process CPU loop has no such
+    overlap.) The estimates are running means over everything this scheduler has seen (one per component,
+    so they carry over between questions); ``gamma`` starts from one right and one wrong guess (a uniform
+    prior); until a step and a search have been timed the scheduler takes real steps, which time both.
+    ``fixed`` pins the stride instead. What the scheduler chooses changes speed only, never the answer.
     """
 
     max_stride: int = 8
@@ -121,13 +128,15 @@ class StrideScheduler:
         return self.right / self.guessed
 
     def next_stride(self) -> int:
+        """Steps to guess before the next verification; 0: take a real step (search, then decode)."""
         if self.fixed is not None:
             return self.fixed
         if not self.step_seconds[1] or not self.verify_seconds[1]:
-            return 1 if not self.verify_seconds[1] else 2  # measure a verification first, then a few steps
+            return 0  # a real step times both a step and a search
         a = self.step_seconds[0] / self.step_seconds[1]
         b = self.verify_seconds[0] / self.verify_seconds[1]
-        return max(range(1, self.max_stride + 1), key=lambda s: steps_per_second(s, self.gamma, a, b))
+        best = max(range(1, self.max_stride + 1), key=lambda s: steps_per_second(s, self.gamma, a, b))
+        return best if steps_per_second(best, self.gamma, a, b) > 1 / (a + b) else 0
 
     def record_step(self, seconds: float) -> None:
         self.step_seconds[0] += seconds
