@@ -74,7 +74,8 @@ class IterativeRaLM(BaseLoop):
     "replace"``) or added to them (``"extend"``, at most ``max_passages``). The query of a step is the
     question followed by the answer so far. ``speculative`` turns speculative retrieval on;
     ``speculation_stride`` fixes how many steps are guessed per verification (``None``: chosen by
-    measurement, at most ``max_speculation_stride``); ``prefetch`` hits of every real retrieval go into the
+    measurement, at most ``max_speculation_stride``, or none, searching for real, when guessing would not
+    pay: :class:`~rag.iterative.speculation.StrideScheduler`); ``prefetch`` hits of every real retrieval go into the
     guess cache. The generator must be the grounded generator (greedy: the answer is the same with and
     without speculation). The answer's trace has a ``loop`` stage with every retrieval and guess.
     """

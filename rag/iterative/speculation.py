@@ -108,9 +108,8 @@ class StrideScheduler:
     faster than that (``2a - gamma a + b`` against ``a + b``): only a batch of two or more guesses saves
     searches, so when searching is cheap against a step (a small corpus, a slow generator) the scheduler
     takes real steps and speculation costs nothing but ranking a shadow guess, which keeps ``gamma`` measured
-    in case searching gets slower. (RaLMSpec always speculates; its asynchronous verification, which overlaps
-    the search with the next step, is what makes its stride 1 pay, and a one-process CPU loop has no such
-    overlap.) The estimates are running means over everything this scheduler has seen (one per component,
+    in case searching gets slower. (One guessed step pays only where its verification overlaps the next
+    step, as in RaLMSpec's asynchronous verification; this loop verifies synchronously.) The estimates are running means over everything this scheduler has seen (one per component,
     so they carry over between questions); ``gamma`` starts from one right and one wrong guess (a uniform
     prior); until a step and a search have been timed the scheduler takes real steps, which time both.
     ``fixed`` pins the stride instead. What the scheduler chooses changes speed only, never the answer.
