@@ -212,10 +212,10 @@ def main(argv: list[str] | None = None) -> int:
 def write(results: dict[str, Any], settings: dict[str, Any], out: Path | None) -> None:
     """The results so far, rows included, to ``out`` (replaced whole, so a stopped run leaves a valid file)."""
     if out:
+        from rag.io import atomic_write_json
+
         out.parent.mkdir(parents=True, exist_ok=True)
-        partial = out.with_name(out.name + ".partial")
-        partial.write_text(json.dumps({"settings": settings, "results": results}, indent=1) + "\n")
-        partial.replace(out)
+        atomic_write_json(out, {"settings": settings, "results": results})
 
 
 def report(results: dict[str, Any], settings: dict[str, Any], out: Path | None) -> int:
