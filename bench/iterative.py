@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rag.cli.args import non_negative_int
+
 INDEXES = {
     "dense": {"type": "dense", "params": {"model": "minilm"}},
     "late": {"type": "late", "params": {}},
@@ -168,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument("--data", help="QA folder (corpus.jsonl, queries.jsonl with answers)")
     parser.add_argument("--limit", type=int, default=100, help="questions (default 100)")
-    parser.add_argument("--skip", type=int, default=0, help="questions to skip first (dev ranges)")
+    parser.add_argument("--skip", type=non_negative_int, default=0, help="questions to skip first (dev ranges)")
     parser.add_argument("--indexes", default="dense,late", help=f"comma-separated, of {', '.join(INDEXES)}")
     parser.add_argument("--model", default="qwen2.5-0.5b")
     parser.add_argument("--engine", default="auto")

@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from rag.cli.args import positive_int
+from rag.cli.args import non_negative_int, positive_int
 from rag.errors import InputError, SpecragError
 from rag.types import Chunk, Context, Hit
 
@@ -236,7 +236,7 @@ def add_compression_parser(commands: "argparse._SubParsersAction[argparse.Argume
     )
     parser.add_argument("--data", required=True, metavar="DIR", help="QA folder (corpus.jsonl, queries.jsonl with answers)")
     parser.add_argument("--limit", type=positive_int, metavar="N", help="evaluate the first N questions")
-    parser.add_argument("--skip", type=int, default=0, metavar="N",
+    parser.add_argument("--skip", type=non_negative_int, default=0, metavar="N",
                         help="leave out the first N questions (choose settings beside a report on the first N)")
     parser.add_argument("--rates", default="1,2,3,5", metavar="R,R", help="compression factors (default 1,2,3,5)")
     parser.add_argument(

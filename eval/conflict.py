@@ -37,6 +37,7 @@ from typing import Any, Iterable, Sequence
 
 from eval.qa import contains_answer, load_qa, normalize_answer
 from rag.cli import exit_codes
+from rag.cli.args import non_negative_int
 from rag.errors import InputError
 
 MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
@@ -310,7 +311,7 @@ def add_conflict_parser(commands: "argparse._SubParsersAction[argparse.ArgumentP
     )
     parser.add_argument("--data", metavar="DIR", help="QA folder with gold passages in qrels/test.tsv")
     parser.add_argument("--limit", type=int, metavar="N", help="take conflicts from the first N questions")
-    parser.add_argument("--skip", type=int, default=0, metavar="N", help="skip the first N questions")
+    parser.add_argument("--skip", type=non_negative_int, default=0, metavar="N", help="skip the first N questions")
     parser.add_argument("--seed", type=int, default=0, help="seed of the substitute draw (default 0)")
     parser.add_argument("--conditions", nargs="+", default=["closed-book", "original", "substituted",
                                                              "substituted@0.5", "substituted@1"],

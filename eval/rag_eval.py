@@ -26,6 +26,8 @@ A run directory holds ``config.yaml`` (the resolved pipeline), ``run.json`` (dat
 ``records.jsonl`` (one line per question, appended and flushed as it goes), ``summary.json`` and PNG plots.
 Re-running on the same directory skips the questions already recorded, so an interrupted run (Ctrl-C)
 resumes; the index is saved under ``pipeline/`` in the run directory and reloaded, never cached elsewhere.
+A long run splits over cores by question range (``--skip``/``--limit``, one run directory per process);
+``specrag eval merge`` (:func:`merge_runs`) joins finished ranges into one run for ``eval compare``.
 
     >>> from eval.rag_eval import run_rag_eval
     >>> summary = run_rag_eval("../shared/data/squad-v1.1-dev", None, "runs/squad", limit=20)  # doctest: +SKIP
@@ -45,7 +47,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from eval.qa import QADataset, QAQuestion, contains_answer, exact_match, load_qa, token_f1
-from rag.cli.args import positive_int
+from rag.cli.args import non_negative_int, positive_int
 from rag.errors import InputError, SpecragError
 from rag.types import Answer, Context
 
@@ -359,6 +361,7 @@ def run_rag_eval(
     run_dir: str | Path | None = None,
     *,
     limit: int | None = None,
+    skip: int = 0,
     split: str = "test",
     on_record: Callable[[dict[str, Any]], None] | None = None,
     progress: bool = True,
@@ -368,12 +371,15 @@ def run_rag_eval(
 ) -> dict[str, Any]:
     """Evaluate ``pipeline`` on the QA folder ``data_dir``, writing (or resuming) ``run_dir``; returns the summary.
 
+    ``limit`` questions after the first ``skip`` (all when ``limit`` is None): one range per process splits a long
+    run over cores, and :func:`merge_runs` joins the ranges into one run.
+
     ``answer_style`` (``"short"`` or ``"cited"``) overrides the generator's, and ``settings`` (``{role:
     {parameter: value}}``, e.g. ``{"generator": {"context_aware": 0.5}}``) the parameters of the pipeline's
     components, both as part of the run's config.
     ``on_record`` is called with each new record after it is written (a test interrupts a run from it).
     """
-    dataset = load_qa(data_dir, split=split, limit=limit)
+    dataset = load_qa(data_dir, split=split, limit=limit, skip=skip)
     pipe = resolve_pipeline(pipeline)
     if settings:
         pipe = with_settings(pipe, settings)
@@ -386,7 +392,10 @@ def run_rag_eval(
     run_info = json.loads(run_info_path.read_text()) if run_info_path.is_file() else {}
     if ingest_trace is not None:
         run_info["ingest"] = ingest_trace.to_dicts()
-    run_info.update(data=str(data_dir), split=split, limit=limit, dataset=dataset.card())
+    if run_info.get("skip", 0) != skip and read_records(run_dir / RECORDS):
+        raise InputError(f"{run_info_path}: this run holds questions after the first {run_info.get('skip', 0)}, "
+                         f"not after the first {skip}; use a new --out for another range")
+    run_info.update(data=str(data_dir), split=split, limit=limit, skip=skip, dataset=dataset.card())
     _write_json(run_info_path, run_info)
 
     records_path = run_dir / RECORDS
@@ -411,13 +420,82 @@ def run_rag_eval(
                 on_record(record)
     bar.close()
     records = [done[q.id] for q in dataset.questions]  # data set order, whatever order they were run in
-    summary = {"dataset": dataset.card(), "data": str(data_dir), "limit": limit, **summarize(records)}
+    summary = {"dataset": dataset.card(), "data": str(data_dir), "limit": limit, "skip": skip, **summarize(records)}
     _write_json(run_dir / SUMMARY, summary)
     if plots:
         from eval.plots import plot_run
 
         summary["plots"] = [str(p) for p in plot_run(records, summary, run_dir)]
     return summary
+
+
+def merge_runs(run_dirs: Sequence[str | Path], out: str | Path, *, plots: bool = True) -> dict[str, Any]:
+    """Join finished runs of one pipeline over consecutive question ranges (``--skip``/``--limit``, one per core)
+    into the run directory ``out``, as if one process had answered them all; returns its summary.
+
+    Refused, naming the run: a run that is not finished (no summary yet), another pipeline, data set or split,
+    and ranges that overlap or leave a gap. ``out`` gets the first run's config and saved index; nothing is
+    asked again (the summary is :func:`run_rag_eval` resuming with every question recorded).
+    """
+    import shutil
+
+    from rag.config import load_config_file
+
+    if len(run_dirs) < 2:
+        raise InputError("merge needs at least two run directories")
+    runs = []
+    for run_dir in map(Path, run_dirs):
+        if not (run_dir / SUMMARY).is_file():
+            raise InputError(f"{run_dir}: not a finished run (no {SUMMARY}); resume it with the same command first")
+        info = json.loads((run_dir / RUN).read_text())
+        runs.append((info.get("skip", 0), run_dir, info, load_config_file(run_dir / CONFIG),
+                     read_records(run_dir / RECORDS)))
+    runs.sort(key=lambda run: run[0])
+    first_skip, first_dir, first_info, config, _ = runs[0]
+    expected_skip = first_skip
+    for skip, run_dir, info, run_config, records in runs:
+        for key in ("data", "split"):
+            if info.get(key) != first_info.get(key):
+                raise InputError(f"{run_dir}: {key} {info.get(key)!r}, but {first_dir} has {first_info.get(key)!r}")
+        if run_config != config:
+            raise InputError(f"{run_dir}: another pipeline than {first_dir} (differs in: "
+                             f"{', '.join(k for k in config if config.get(k) != run_config.get(k))})")
+        if skip != expected_skip:
+            where = "overlaps" if skip < expected_skip else "leaves a gap after"
+            raise InputError(f"{run_dir}: starts after question {skip}, which {where} the runs before it "
+                             f"(they end at question {expected_skip})")
+        expected_skip = skip + len(records)
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InputError(f"{out}: exists and is not empty; merge into a new directory")
+    # Built beside ``out`` and renamed into place: a merge that fails leaves no half-merged run behind.
+    building = out.with_name(f".{out.name}.merging")
+    shutil.rmtree(building, ignore_errors=True)
+    building.mkdir(parents=True)
+    try:
+        shutil.copy2(first_dir / CONFIG, building / CONFIG)
+        shutil.copy2(first_dir / RUN, building / RUN)
+        shutil.copytree(first_dir / SAVED_PIPELINE, building / SAVED_PIPELINE)
+        with (building / RECORDS).open("wb") as handle:
+            for run in runs:
+                handle.write((run[1] / RECORDS).read_bytes())
+        summary = run_rag_eval(first_info["data"], building / CONFIG, building, limit=expected_skip - first_skip,
+                               skip=first_skip, split=first_info.get("split", "test"), progress=False, plots=plots,
+                               on_record=_nothing_left_to_ask)
+        summary["merged"] = [str(run[1]) for run in runs]
+        plot_files = summary.pop("plots", [])
+        _write_json(building / SUMMARY, summary)
+        building.replace(out)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+    if plot_files:
+        summary["plots"] = [str(out / Path(p).name) for p in plot_files]
+    return summary
+
+
+def _nothing_left_to_ask(record: Mapping[str, Any]) -> None:
+    raise AssertionError(f"merge_runs asked question {record['id']} again: the merged records missed it")
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -476,6 +554,8 @@ def add_rag_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser
     parser.add_argument("--pipeline", metavar="CONFIG", type=Path,
                         help="pipeline YAML/JSON (default: the default Pipeline(), the fast recipe: recursive, dense, top-5, extractive 3x, qwen2.5-0.5b)")
     parser.add_argument("--limit", type=positive_int, metavar="N", help="the first N questions (the whole corpus is indexed)")
+    parser.add_argument("--skip", type=non_negative_int, default=0, metavar="N",
+                        help="start after the first N questions (split a run over cores; join with `eval merge`)")
     parser.add_argument("--split", default="test", help="qrels split naming relevant passages (default: test)")
     parser.add_argument("--out", type=Path, metavar="RUNDIR", help=f"run directory (default: {DEFAULT_RUNS}/<data>-<config hash>)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
@@ -490,12 +570,45 @@ def add_rag_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser
     return parser
 
 
+def add_merge_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> argparse.ArgumentParser:
+    parser = commands.add_parser(
+        "merge",
+        help="join eval-rag runs of one pipeline over consecutive question ranges into one run",
+        description=(
+            "Join finished `eval rag` runs of the same pipeline, data set and split over consecutive question\n"
+            "ranges (--skip/--limit, e.g. one process per core) into one run directory with one summary, which\n"
+            "`eval compare` reads like any other run. The summary JSON is the last line of stdout."
+        ),
+        epilog=("example (two cores, 300 questions):\n"
+                "  specrag --threads 1 eval rag --data D --limit 150 --out runs/a &\n"
+                "  specrag --threads 1 eval rag --data D --skip 150 --limit 150 --out runs/b\n"
+                "  specrag eval merge runs/a runs/b --out runs/all"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("runs", nargs="+", type=Path, metavar="RUNDIR", help="finished run directories")
+    parser.add_argument("--out", required=True, type=Path, metavar="RUNDIR", help="the new, merged run directory")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.set_defaults(func=merge_command)
+    return parser
+
+
+def merge_command(args: argparse.Namespace) -> int:
+    try:
+        summary = merge_runs(args.runs, args.out, plots=not args.no_plots)
+    except SpecragError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(format_summary(summary))
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
 def rag_command(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     try:
         from rag.cli.args import parse_settings
 
-        summary = run_rag_eval(args.data, args.pipeline, args.out, limit=args.limit, split=args.split,
+        summary = run_rag_eval(args.data, args.pipeline, args.out, limit=args.limit, skip=args.skip, split=args.split,
                                plots=not args.no_plots, answer_style=args.answer_style,
                                settings=parse_settings(args.settings))
     except KeyboardInterrupt:

@@ -16,6 +16,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """An argparse type: a whole number of at least 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
 def thread_count(text: str) -> int:
     """A ``--threads`` value: a whole number of at least 1 (argparse turns the error into a usage line)."""
     try:

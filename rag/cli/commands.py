@@ -26,6 +26,7 @@ EVAL_COMMANDS: list[str] = [
     "eval.chunking:add_chunking_parser",
     "eval.compression:add_compression_parser",
     "eval.rag_eval:add_rag_parser",
+    "eval.rag_eval:add_merge_parser",
     "eval.recipes:add_recipes_parser",
     "eval.compare:add_compare_parser",
     "eval.conflict:add_conflict_parser",

@@ -221,6 +221,53 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_summary(tiny_qa: Path, 
     assert all(r["context_tokens"] > 0 and r["answer_tokens"] <= 6 + 3 for r in records)
 
 
+def test_runs_over_consecutive_ranges_merge_into_the_run_of_them_all(tiny_qa: Path, tiny_lm: Path, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from eval.rag_eval import merge_runs
+    from rag.cli import main
+    from rag.errors import InputError
+
+    config = _config(tiny_lm)
+    quiet = {"progress": False, "plots": False}
+    whole = run_rag_eval(tiny_qa, config, tmp_path / "whole", **quiet)
+    run_rag_eval(tiny_qa, config, tmp_path / "rest", skip=2, **quiet)  # questions 3-5
+    run_rag_eval(tiny_qa, config, tmp_path / "first", limit=2, **quiet)  # questions 1-2
+    with pytest.raises(InputError, match="after the first 0, not after the first 1"):
+        run_rag_eval(tiny_qa, config, tmp_path / "first", skip=1, limit=2, **quiet)  # a run keeps its range
+
+    merged = merge_runs([tmp_path / "rest", tmp_path / "first"], tmp_path / "all", plots=False)  # any order
+    assert merged["metrics"] == whole["metrics"]
+    assert merged["metrics"]["questions"] == 5 and merged["skip"] == 0
+    ids = lambda run: [r["id"] for r in read_records(tmp_path / run / RECORDS)]  # noqa: E731
+    assert sorted(ids("all")) == sorted(ids("whole"))
+    assert (tmp_path / "all" / "pipeline" / "pipeline.yaml").is_file()
+
+    run_rag_eval(tiny_qa, config, tmp_path / "second-third", skip=1, limit=2, **quiet)
+    with pytest.raises(InputError, match="second-third: starts after question 1, which overlaps"):
+        merge_runs([tmp_path / "first", tmp_path / "second-third"], tmp_path / "x")
+    run_rag_eval(tiny_qa, config, tmp_path / "fourth", skip=3, limit=1, **quiet)
+    with pytest.raises(InputError, match="fourth: starts after question 3, which leaves a gap"):
+        merge_runs([tmp_path / "first", tmp_path / "fourth"], tmp_path / "x")
+    other = {**config, "filters": [{"type": "top-k", "params": {"k": 1}}]}
+    run_rag_eval(tiny_qa, other, tmp_path / "other", skip=2, **quiet)
+    with pytest.raises(InputError, match="other: another pipeline .*filters"):
+        merge_runs([tmp_path / "first", tmp_path / "other"], tmp_path / "x")
+    with pytest.raises(KeyboardInterrupt):
+        run_rag_eval(tiny_qa, config, tmp_path / "unfinished", skip=2, on_record=Interrupt(1), **quiet)
+    with pytest.raises(InputError, match="unfinished: not a finished run"):
+        merge_runs([tmp_path / "first", tmp_path / "unfinished"], tmp_path / "x")
+    with pytest.raises(InputError, match="exists and is not empty"):
+        merge_runs([tmp_path / "first", tmp_path / "rest"], tmp_path / "all")
+    assert not (tmp_path / "x").exists()  # a refused merge writes nothing
+
+    capsys.readouterr()
+    assert main(["eval", "merge", str(tmp_path / "first"), str(tmp_path / "rest"), "--out", str(tmp_path / "cli"),
+                 "--no-plots"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["metrics"] == whole["metrics"]
+    assert main(["eval", "merge", str(tmp_path / "first"), str(tmp_path / "fourth"), "--out", str(tmp_path / "y")]) == 2
+    assert "leaves a gap" in capsys.readouterr().err
+
+
 def test_a_run_directory_refuses_another_pipeline(tiny_qa: Path, tiny_lm: Path, tmp_path: Path) -> None:
     from rag.errors import InputError
 
