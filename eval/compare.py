@@ -2,7 +2,9 @@
 
 For every per-question metric both runs recorded (EM, F1, containment, citation precision: all, written by
 the model and completed by the generator, and the share of answers completed; recall after
-each stage, context tokens, seconds per stage and in total) the delta ``B - A`` of the means over the
+each stage, ``recall_all`` (every relevant document) after each stage, both also for ``shown``, the last stage
+before the generator, so that pipelines ending in different stages compare on what the model saw; context
+tokens, seconds per stage and in total) the delta ``B - A`` of the means over the
 questions both runs answered, a paired bootstrap confidence interval (questions resampled with
 replacement, the same resample for both runs) and a two-sided p-value for "no difference" (the bootstrap
 distribution of the delta shifted to mean zero; the share of it at least as far from zero as the observed
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -40,8 +41,14 @@ def per_question_values(record: Mapping[str, Any]) -> dict[str, float]:
     for key in QUALITY + CITATIONS + COST:
         if merged.get(key) is not None:
             values[key] = float(merged[key])
-    for stage, recall in record.get("recall", {}).items():
-        values[f"recall.{stage}"] = float(recall)
+    for key in ("recall", "recall_all"):
+        by_stage = record.get(key) or {}
+        for stage, recall in by_stage.items():
+            values[f"{key}.{stage}"] = float(recall)
+        if by_stage and merged.get("f1") is not None:
+            # What the generator was shown: the last stage before it (compress, filter, loop, ...). Pipelines
+            # whose last stages differ (a compressor against an iterative loop) compare on this one key.
+            values[f"{key}.shown"] = float(list(by_stage.values())[-1])
     seconds: dict[str, float] = {}
     for s in record.get("stages", []):
         seconds[s["stage"]] = seconds.get(s["stage"], 0.0) + float(s["seconds"])

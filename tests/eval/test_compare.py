@@ -73,6 +73,29 @@ def test_citations_are_compared_by_who_wrote_them(tmp_path: Path) -> None:
     assert "citation_precision_completed" not in rows  # A completed none: nothing to pair
 
 
+def test_what_the_model_was_shown_compares_across_pipelines_ending_in_different_stages(tmp_path: Path) -> None:
+    def run(directory: Path, last_stage: str, shown: list[float], both_shown: list[float | None]) -> Path:
+        directory.mkdir()
+        with (directory / RECORDS).open("w") as handle:
+            for i, (one, both) in enumerate(zip(shown, both_shown)):
+                handle.write(json.dumps({
+                    "id": f"q{i}", "em": 0.0, "f1": 0.5, "contains": 0.0,
+                    "recall": {"retrieve": 1.0, last_stage: one},
+                    "recall_all": {} if both is None else {"retrieve": 1.0, last_stage: both},
+                    "stages": [{"stage": "generate", "seconds": 1.0}],
+                }) + "\n")
+        return directory
+
+    # A compresses (shown for 2 of 8), B loops (shown for 6 of 8); both gold documents: 4 questions have qrels.
+    a = run(tmp_path / "a", "compress", [1, 1, 0, 0, 0, 0, 0, 0], [1, 0, 0, 0, None, None, None, None])
+    b = run(tmp_path / "b", "loop", [1, 1, 1, 1, 1, 1, 0, 0], [1, 1, 1, 0, None, None, None, None])
+    rows = compare_runs(a, b)
+    assert (rows["recall.shown"]["a"], rows["recall.shown"]["b"], rows["recall.shown"]["n"]) == (0.25, 0.75, 8)
+    assert rows["recall_all.shown"]["n"] == 4 and rows["recall_all.shown"]["delta"] == pytest.approx(0.5)
+    assert rows["recall_all.retrieve"]["delta"] == 0
+    assert "recall.compress" not in rows and "recall.loop" not in rows  # each is in one run only
+
+
 def test_a_noisy_difference_is_not_significant() -> None:
     rng = np.random.default_rng(2)
     a = rng.uniform(0, 1, 30)
