@@ -392,14 +392,14 @@ def run_rag_eval(
     run_info = json.loads(run_info_path.read_text()) if run_info_path.is_file() else {}
     if ingest_trace is not None:
         run_info["ingest"] = ingest_trace.to_dicts()
-    if run_info.get("skip", 0) != skip and read_records(run_dir / RECORDS):
+    records_path = run_dir / RECORDS
+    done = {r["id"]: r for r in read_records(records_path)}
+    if run_info.get("skip", 0) != skip and done:
         raise InputError(f"{run_info_path}: this run holds questions after the first {run_info.get('skip', 0)}, "
                          f"not after the first {skip}; use a new --out for another range")
     run_info.update(data=str(data_dir), split=split, limit=limit, skip=skip, dataset=dataset.card())
     _write_json(run_info_path, run_info)
 
-    records_path = run_dir / RECORDS
-    done = {r["id"]: r for r in read_records(records_path)}
     todo = [q for q in dataset.questions if q.id not in done]
     if done:
         log(f"resuming: {len(dataset.questions) - len(todo)} of {len(dataset.questions)} questions already in {records_path}")
