@@ -326,6 +326,11 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     return records
 
 
+def _differing_roles(config: Mapping[str, Any], other: Mapping[str, Any]) -> str:
+    """The top-level keys (roles) of pipeline config ``config`` whose value ``other`` does not share, for errors."""
+    return ", ".join(k for k in config if config.get(k) != other.get(k))
+
+
 def _prepare(run_dir: Path, pipeline: Any, dataset: QADataset, data_dir: str | Path, log: Callable[[str], None]) -> Any:
     """Write or check the run's config, and ingest the corpus (or reload the index saved in the run)."""
     from rag.config import dump_config, load_config_file
@@ -338,7 +343,7 @@ def _prepare(run_dir: Path, pipeline: Any, dataset: QADataset, data_dir: str | P
         if previous != config:
             raise InputError(
                 f"{config_path}: this run directory holds another pipeline; use a new --out, or the same config "
-                f"to resume (differs in: {', '.join(k for k in config if config.get(k) != previous.get(k))})"
+                f"to resume (differs in: {_differing_roles(config, previous)})"
             )
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -459,7 +464,7 @@ def merge_runs(run_dirs: Sequence[str | Path], out: str | Path, *, plots: bool =
                 raise InputError(f"{run_dir}: {key} {info.get(key)!r}, but {first_dir} has {first_info.get(key)!r}")
         if run_config != config:
             raise InputError(f"{run_dir}: another pipeline than {first_dir} (differs in: "
-                             f"{', '.join(k for k in config if config.get(k) != run_config.get(k))})")
+                             f"{_differing_roles(config, run_config)})")
         if skip != expected_skip:
             where = "overlaps" if skip < expected_skip else "leaves a gap after"
             raise InputError(f"{run_dir}: starts after question {skip}, which {where} the runs before it "
