@@ -20,18 +20,25 @@ A long run can be split across cores (one process per core, one thread each) and
     python -m bench.iterative --merge a.json b.json
 
 ``--out`` is rewritten after every question, so a stopped run keeps what it measured.
+
+``--search-latency SECONDS`` answers the what-if that the corpora here cannot: what speculation saves when
+the index sits behind a network or searches a corpus far larger than any under ``../shared/data``. Every
+call to the real index (a batch of queries is one call, as one request to a search service would be) first
+waits that long; ranking guesses from the per-request cache stays local. The added wait is a simulation,
+named as such in the settings and the table, never a measured index speed.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from rag.cli.args import non_negative_int
+from rag.cli.args import non_negative_float, non_negative_int
 
 INDEXES = {
     "dense": {"type": "dense", "params": {"model": "minilm"}},
@@ -41,14 +48,46 @@ INDEXES = {
 }
 
 
+# The calls that reach the real index: a plain search, and the searches of queries encoded beforehand (dense,
+# late interaction) that a verification batch uses.
+SEARCH_CALLS = ("search", "search_vectors", "search_encoded")
+
+
+class RemoteIndex:
+    """An index whose every search call first waits ``latency`` seconds (a simulated round trip to a remote
+    search service, or a far larger corpus); everything else, scoring cached chunks included, is the wrapped
+    index's own. Wraps an index that is already built."""
+
+    def __init__(self, index: Any, latency: float) -> None:
+        self.index = index
+        self.latency = latency
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self.index, name)
+        if name not in SEARCH_CALLS:
+            return attribute
+
+        @functools.wraps(attribute)  # keeps the signature, which the guess cache inspects
+        def delayed(*args: Any, **kwargs: Any) -> Any:
+            time.sleep(self.latency)
+            return attribute(*args, **kwargs)
+
+        return delayed
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+
 def loop_config(speculative: bool, stride: int, k: int, context: str) -> dict[str, Any]:
     return {"type": "ralm", "params": {"speculative": speculative, "stride": stride, "k": k, "context": context}}
 
 
 def run(data: str, limit: int, skip: int, indexes: list[str], model: str, engine: str, answer_style: str,
-        stride: int, k: int, context: str, log: Any = print, on_progress: Any = None) -> dict[str, Any]:
+        stride: int, k: int, context: str, log: Any = print, on_progress: Any = None,
+        search_latency: float = 0.0) -> dict[str, Any]:
     """Answer every question with both loops on each index kind; returns the per-kind results (and hands
-    the results so far to ``on_progress`` after each question, so that a long run keeps what it measured)."""
+    the results so far to ``on_progress`` after each question, so that a long run keeps what it measured).
+    ``search_latency`` seconds are added to every call to the index (:class:`RemoteIndex`)."""
     from eval.qa import load_qa
     from rag.pipeline import Pipeline
 
@@ -62,8 +101,10 @@ def run(data: str, limit: int, skip: int, indexes: list[str], model: str, engine
                                loop=loop_config(True, stride, k, context))
         started = time.perf_counter()
         naive.ingest(dataset.corpus)
-        speculative.index = naive.index  # one index, searched by both
         log(f"[{kind}] indexed {len(naive.index)} chunks in {time.perf_counter() - started:.0f} s")
+        if search_latency:
+            naive.index = RemoteIndex(naive.index, search_latency)
+        speculative.index = naive.index  # one index, searched by both
         naive.ask(dataset.questions[0].text)  # load the models, measure the engine: not timed
         rows = []
         for number, question in enumerate(dataset.questions):
@@ -109,7 +150,7 @@ def merge(paths: list[Path]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
                 raise ValueError(f"{path}: questions {repeated[:5]} of index kind {kind!r} are already in an "
                                  f"earlier file; merge runs over disjoint question ranges")
             rows.setdefault(kind, []).extend(result["rows"])
-    keys = ("data", "model", "engine", "answer_style", "stride", "k", "context", "threads")
+    keys = ("data", "model", "engine", "answer_style", "stride", "k", "context", "threads", "search_latency")
     differing = [key for key in keys if len({json.dumps(s.get(key)) for s in settings}) > 1]
     if differing:
         raise ValueError(f"the runs differ in {differing}; merge only runs with the same settings")
@@ -146,12 +187,14 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def format_table(results: dict[str, Any]) -> str:
+def format_table(results: dict[str, Any], search_latency: float = 0.0) -> str:
+    """The summary as a Markdown table; a simulated search latency is named in the index column."""
+    added = f" (+{search_latency:g} s simulated per search call)" if search_latency else ""
     lines = ["| index | questions | identical | naive s/answer | speculative s/answer | **speedup** | naive search "
              "share | searches naive / spec | speculation accuracy | mean stride |", "|---|" + "---:|" * 9]
     for kind, r in results.items():
         lines.append(
-            f"| {kind} | {r['questions']} | {r['identical']} | {r['naive_seconds_per_answer']:.2f} | "
+            f"| {kind}{added} | {r['questions']} | {r['identical']} | {r['naive_seconds_per_answer']:.2f} | "
             f"{r['speculative_seconds_per_answer']:.2f} | **{r['speedup']:.2f}x** | {r['naive_search_share']:.1%} | "
             f"{r['naive_searches_per_answer']:.1f} / {r['speculative_searches_per_answer']:.1f} | "
             f"{_fraction(r['speculation_accuracy'])} | {_number(r['mean_speculation_stride'])} |")
@@ -179,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--k", type=int, default=5, help="passages in the prompt (default 5)")
     parser.add_argument("--context", default="replace", choices=["replace", "extend"])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--search-latency", type=non_negative_float, default=0.0, metavar="SECONDS",
+                        help="simulated seconds added to every call to the index (a remote or far larger index; "
+                             "default 0: the real index alone)")
     parser.add_argument("--out", type=Path, help="write the results (JSON, rows included) here, after every "
                                                      "question")
     parser.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
@@ -204,10 +250,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown index kinds {unknown}; choose from {', '.join(INDEXES)}")
     log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
     settings = {key: getattr(args, key) for key in ("data", "limit", "skip", "model", "engine", "answer_style",
-                                                     "stride", "k", "context", "threads")}
+                                                     "stride", "k", "context", "threads", "search_latency")}
 
     results = run(args.data, args.limit, args.skip, kinds, args.model, args.engine, args.answer_style, args.stride,
-                  args.k, args.context, log, on_progress=lambda so_far: write(so_far, settings, args.out))
+                  args.k, args.context, log, on_progress=lambda so_far: write(so_far, settings, args.out),
+                  search_latency=args.search_latency)
     return report(results, settings, args.out)
 
 
@@ -223,7 +270,7 @@ def write(results: dict[str, Any], settings: dict[str, Any], out: Path | None) -
 def report(results: dict[str, Any], settings: dict[str, Any], out: Path | None) -> int:
     """Print the table and the one-line JSON summary; exit status 1 if any answer differed."""
     write(results, settings, out)
-    print(format_table(results))
+    print(format_table(results, settings.get("search_latency") or 0.0))
     summary = {kind: {k: v for k, v in r.items() if k != "rows"} for kind, r in results.items()}
     print(json.dumps({"settings": settings, "results": summary}))
     return 0 if all(r["identical"] == r["questions"] for r in results.values()) else 1

@@ -24,6 +24,16 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    """An argparse type: a finite number of at least 0 (seconds, for one)."""
+    import math
+
+    value = float(text)
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of at least 0, got {text}")
+    return value
+
+
 def thread_count(text: str) -> int:
     """A ``--threads`` value: a whole number of at least 1 (argparse turns the error into a usage line)."""
     try:

@@ -37,3 +37,51 @@ def test_benchmark_compares_naive_and_speculative_loops_side_by_side(data_dir, t
     with pytest.raises(SystemExit):  # the same range twice would count its questions twice
         main(["--merge", str(halves[0]), str(halves[0])])
     assert "already in an earlier file" in capsys.readouterr().err
+
+
+def test_remote_index_waits_once_per_search_call_and_answers_as_the_index(monkeypatch):
+    """The what-if of a slow index: every call to the index (a batch is one call) waits first; results,
+    scoring of given chunks and the signatures the guess cache inspects are the wrapped index's own."""
+    import inspect
+
+    import bench.iterative as bench
+    from indexes.dense import DenseIndex
+    from rag.iterative.speculation import ChunkCache
+    from tests.indexes.corpus import QUERIES, SENTENCES, make_chunks
+
+    index = DenseIndex("minilm")
+    index.add(make_chunks(list(SENTENCES)))
+    waits: list[float] = []
+    monkeypatch.setattr(bench.time, "sleep", waits.append)
+    remote = bench.RemoteIndex(index, 0.25)
+
+    assert [[h.chunk.id for h in hits] for hits in remote.search(QUERIES, 2)] == \
+        [[h.chunk.id for h in hits] for hits in index.search(QUERIES, 2)]
+    assert waits == [0.25]  # five queries, one call
+    encoded = index.encoder.encode_queries(QUERIES[:2])
+    assert len(remote.search_vectors(encoded, 2)) == 2 and waits == [0.25, 0.25]
+    assert inspect.signature(remote.search_vectors) == inspect.signature(index.search_vectors)
+    ids = [c.id for c in make_chunks(list(SENTENCES))]
+    assert list(remote.score_chunks(QUERIES[0], ids)) == list(index.score_chunks(QUERIES[0], ids))
+    assert len(waits) == 2 and len(remote) == len(index)  # scoring cached chunks stays local
+    cache = ChunkCache(remote)
+    assert cache.scored and cache.by_vector  # guesses are ranked as for the index itself
+
+
+def test_benchmark_names_a_simulated_search_latency_and_refuses_to_merge_it_with_real_runs(
+        data_dir, tmp_path, capsys):
+    runs = []
+    for skip, latency in enumerate(["0", "0.01"]):
+        runs.append(tmp_path / f"run-{skip}.json")
+        assert main(["--data", str(data_dir / "hotpotqa-dev-fullwiki-500"), "--limit", "1", "--skip", str(skip),
+                     "--indexes", "bm25s", "--model", "smollm2-135m", "--engine", "transformers:float32",
+                     "--stride", "2", "--k", "2", "--search-latency", latency, "--out", str(runs[-1])]) == 0
+    printed = capsys.readouterr().out
+    assert "| bm25s (+0.01 s simulated per search call) | 1 | 1 |" in printed
+    assert json.loads(runs[1].read_text())["settings"]["search_latency"] == 0.01
+    with pytest.raises(SystemExit):
+        main(["--merge", *map(str, runs)])
+    assert "search_latency" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--data", "x", "--search-latency", "-1"])
+    assert "--search-latency" in capsys.readouterr().err
