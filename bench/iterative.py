@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rag.cli.args import non_negative_float, non_negative_int
+from rag.cli.args import non_negative_float, non_negative_int, positive_int
 
 INDEXES = {
     "dense": {"type": "dense", "params": {"model": "minilm"}},
@@ -78,16 +78,21 @@ class RemoteIndex:
         return len(self.index)
 
 
-def loop_config(speculative: bool, stride: int, k: int, context: str) -> dict[str, Any]:
-    return {"type": "ralm", "params": {"speculative": speculative, "stride": stride, "k": k, "context": context}}
+def loop_config(speculative: bool, stride: int, k: int, context: str,
+                speculation_stride: int | None = None) -> dict[str, Any]:
+    params = {"speculative": speculative, "stride": stride, "k": k, "context": context}
+    if speculative and speculation_stride is not None:
+        params["speculation_stride"] = speculation_stride
+    return {"type": "ralm", "params": params}
 
 
 def run(data: str, limit: int, skip: int, indexes: list[str], model: str, engine: str, answer_style: str,
         stride: int, k: int, context: str, log: Any = print, on_progress: Any = None,
-        search_latency: float = 0.0) -> dict[str, Any]:
+        search_latency: float = 0.0, speculation_stride: int | None = None) -> dict[str, Any]:
     """Answer every question with both loops on each index kind; returns the per-kind results (and hands
     the results so far to ``on_progress`` after each question, so that a long run keeps what it measured).
-    ``search_latency`` seconds are added to every call to the index (:class:`RemoteIndex`)."""
+    ``search_latency`` seconds are added to every call to the index (:class:`RemoteIndex`);
+    ``speculation_stride`` pins the speculative loop's guesses per verification (None: its scheduler's choice)."""
     from eval.qa import load_qa
     from rag.pipeline import Pipeline
 
@@ -98,7 +103,7 @@ def run(data: str, limit: int, skip: int, indexes: list[str], model: str, engine
         naive = Pipeline(index=INDEXES[kind], compressor=None, generator=generator,
                          loop=loop_config(False, stride, k, context))
         speculative = Pipeline(index=INDEXES[kind], compressor=None, generator=generator,
-                               loop=loop_config(True, stride, k, context))
+                               loop=loop_config(True, stride, k, context, speculation_stride))
         started = time.perf_counter()
         naive.ingest(dataset.corpus)
         log(f"[{kind}] indexed {len(naive.index)} chunks in {time.perf_counter() - started:.0f} s")
@@ -150,7 +155,8 @@ def merge(paths: list[Path]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
                 raise ValueError(f"{path}: questions {repeated[:5]} of index kind {kind!r} are already in an "
                                  f"earlier file; merge runs over disjoint question ranges")
             rows.setdefault(kind, []).extend(result["rows"])
-    keys = ("data", "model", "engine", "answer_style", "stride", "k", "context", "threads", "search_latency")
+    keys = ("data", "model", "engine", "answer_style", "stride", "k", "context", "threads", "search_latency",
+            "speculation_stride")
     differing = [key for key in keys if len({json.dumps(s.get(key)) for s in settings}) > 1]
     if differing:
         raise ValueError(f"the runs differ in {differing}; merge only runs with the same settings")
@@ -221,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stride", type=int, default=4, help="answer tokens between retrievals (default 4)")
     parser.add_argument("--k", type=int, default=5, help="passages in the prompt (default 5)")
     parser.add_argument("--context", default="replace", choices=["replace", "extend"])
+    parser.add_argument("--speculation-stride", type=positive_int, metavar="N",
+                        help="guesses per verification, pinned (default: chosen by the loop's scheduler, which "
+                             "may search for real)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--search-latency", type=non_negative_float, default=0.0, metavar="SECONDS",
                         help="simulated seconds added to every call to the index (a remote or far larger index; "
@@ -250,11 +259,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown index kinds {unknown}; choose from {', '.join(INDEXES)}")
     log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
     settings = {key: getattr(args, key) for key in ("data", "limit", "skip", "model", "engine", "answer_style",
-                                                     "stride", "k", "context", "threads", "search_latency")}
+                                                     "stride", "k", "context", "threads", "search_latency",
+                                                     "speculation_stride")}
 
     results = run(args.data, args.limit, args.skip, kinds, args.model, args.engine, args.answer_style, args.stride,
                   args.k, args.context, log, on_progress=lambda so_far: write(so_far, settings, args.out),
-                  search_latency=args.search_latency)
+                  search_latency=args.search_latency, speculation_stride=args.speculation_stride)
     return report(results, settings, args.out)
 
 

@@ -75,10 +75,14 @@ def test_benchmark_names_a_simulated_search_latency_and_refuses_to_merge_it_with
         runs.append(tmp_path / f"run-{skip}.json")
         assert main(["--data", str(data_dir / "hotpotqa-dev-fullwiki-500"), "--limit", "1", "--skip", str(skip),
                      "--indexes", "bm25s", "--model", "smollm2-135m", "--engine", "transformers:float32",
-                     "--stride", "2", "--k", "2", "--search-latency", latency, "--out", str(runs[-1])]) == 0
+                     "--stride", "1", "--k", "2", "--search-latency", latency, "--speculation-stride", "2",
+                     "--out", str(runs[-1])]) == 0
     printed = capsys.readouterr().out
     assert "| bm25s (+0.01 s simulated per search call) | 1 | 1 |" in printed
-    assert json.loads(runs[1].read_text())["settings"]["search_latency"] == 0.01
+    settings = json.loads(runs[1].read_text())["settings"]
+    assert settings["search_latency"] == 0.01 and settings["speculation_stride"] == 2
+    speculative = json.loads(runs[1].read_text())["results"]["bm25s"]["rows"][0]["speculative"]
+    assert speculative["real_steps"] == 0 and set(speculative["strides"]) <= {1, 2}  # pinned: always guesses
     with pytest.raises(SystemExit):
         main(["--merge", *map(str, runs)])
     assert "search_latency" in capsys.readouterr().err
