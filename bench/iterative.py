@@ -48,6 +48,10 @@ INDEXES = {
 }
 
 
+# The settings a run records besides its question range (--limit, --skip); runs merge only if they share these.
+SHARED_SETTINGS = ("data", "model", "engine", "answer_style", "stride", "k", "context", "threads", "search_latency",
+                   "speculation_stride")
+
 # The calls that reach the real index: a plain search, and the searches of queries encoded beforehand (dense,
 # late interaction) that a verification batch uses.
 SEARCH_CALLS = ("search", "search_vectors", "search_encoded")
@@ -155,9 +159,7 @@ def merge(paths: list[Path]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
                 raise ValueError(f"{path}: questions {repeated[:5]} of index kind {kind!r} are already in an "
                                  f"earlier file; merge runs over disjoint question ranges")
             rows.setdefault(kind, []).extend(result["rows"])
-    keys = ("data", "model", "engine", "answer_style", "stride", "k", "context", "threads", "search_latency",
-            "speculation_stride")
-    differing = [key for key in keys if len({json.dumps(s.get(key)) for s in settings}) > 1]
+    differing = [key for key in SHARED_SETTINGS if len({json.dumps(s.get(key)) for s in settings}) > 1]
     if differing:
         raise ValueError(f"the runs differ in {differing}; merge only runs with the same settings")
     return {kind: {**summarize(kind_rows), "rows": kind_rows} for kind, kind_rows in rows.items()}, settings
@@ -258,9 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown index kinds {unknown}; choose from {', '.join(INDEXES)}")
     log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
-    settings = {key: getattr(args, key) for key in ("data", "limit", "skip", "model", "engine", "answer_style",
-                                                     "stride", "k", "context", "threads", "search_latency",
-                                                     "speculation_stride")}
+    settings = {key: getattr(args, key) for key in ("limit", "skip", *SHARED_SETTINGS)}
 
     results = run(args.data, args.limit, args.skip, kinds, args.model, args.engine, args.answer_style, args.stride,
                   args.k, args.context, log, on_progress=lambda so_far: write(so_far, settings, args.out),
